@@ -1,0 +1,31 @@
+# Two commands: `make train` (quickstart on the bundled digits) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+WORKDIR ?= runs/quickstart
+
+.PHONY: train test install benchmark clean
+
+$(VENV)/.installed: setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+train: $(VENV)/.installed
+	$(PY) main.py --config=configs/quickstart.py --workdir=$(WORKDIR)
+
+test: $(VENV)/.installed-test
+	$(PY) -m pytest -q tests
+
+benchmark: $(VENV)/.installed
+	$(PY) experiments/benchmark_tokenlearner.py
+
+clean:
+	rm -rf runs .pytest_cache

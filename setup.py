@@ -1,0 +1,31 @@
+"""tokenlearner_jax: TokenLearner and token-efficient vision backbones in JAX/Flax."""
+
+import setuptools
+
+setuptools.setup(
+    name="tokenlearner_jax",
+    version="0.1.0",
+    description="TokenLearner, TokenFuser and token-efficient vision backbones in JAX/Flax.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=setuptools.find_packages(include=["tokenlearner_jax", "tokenlearner_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.7,<0.11",
+        "flax>=0.11,<0.13",
+        "optax>=0.2.5,<0.3",
+        "orbax-checkpoint>=0.11,<0.13",
+        "ml_collections>=1.0,<2",
+        "clu>=0.0.12,<0.1",
+        "tensorflow-datasets>=4.9.8,<5",
+        "grain>=0.2.12,<0.3",
+        "scikit-learn>=1.4,<2",
+        "numpy>=1.26,<3",
+        "pillow>=10",
+        "tensorflow-cpu>=2.18,<3",
+        "tensorboard>=2.18,<3",
+        "matplotlib>=3.8,<4",
+        "safetensors>=0.4,<1",
+    ],
+    extras_require={"test": ["pytest>=8"]},
+)

@@ -1,0 +1,36 @@
+"""Train or evaluate a config: `python main.py --config=configs/quickstart.py --workdir=runs/quickstart`.
+
+Any config field can be overridden, e.g. `--config.model.token_learner.num_tokens=16`. For several
+processes, pass --coordinator_address/--num_processes/--process_id, or launch under SLURM or on a
+TPU pod slice, where they are read from the environment.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from tokenlearner_jax.train import distributed
+
+config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py[:arg]).", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl, TensorBoard and config.json.")
+flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (resumes automatically) or eval (latest checkpoint).")
+flags.DEFINE_string("coordinator_address", "", "host:port of process 0, for a multi-process run.")
+flags.DEFINE_integer("num_processes", 0, "Number of processes of a multi-process run.")
+flags.DEFINE_integer("process_id", -1, "This process's index in a multi-process run.")
+flags.mark_flags_as_required(["config", "workdir"])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    from tokenlearner_jax.train import trainer  # after jax.distributed, which must come before any device use
+
+    if FLAGS.mode == "train":
+        _, metrics = trainer.run(FLAGS.config, FLAGS.workdir)
+    else:
+        metrics = trainer.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
+    logging.info("Final metrics: %s", metrics)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,120 @@
+"""End-to-end training through main.py and the trainer: losses fall, metrics and checkpoints are
+written, a killed run resumes exactly, gradient accumulation and configs behave."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from conftest import ROOT, run_python
+from tokenlearner_jax.train import metrics_log
+
+# A tiny ViT + TokenLearner on digits; every test run goes through main.py's flag parsing.
+TINY = [
+    "--config=configs/quickstart.py",
+    "--config.model.width=16", "--config.model.depth=2", "--config.model.num_heads=2",
+    "--config.model.mlp_dim=32", "--config.model.token_learner.location=1",
+    "--config.dataset.image_size=16", "--config.batch_size=32", "--config.eval_batch_size=100",
+    "--config.log_every_steps=2", "--config.optimizer.warmup_steps=2",
+]
+
+
+def main_py(workdir, *extra, **kwargs):
+    return run_python(["main.py", f"--workdir={workdir}", *TINY, *extra], **kwargs)
+
+
+def final_params(workdir):
+    """The parameters of the newest checkpoint of a workdir, as numpy."""
+    directory = os.path.join(workdir, "checkpoints")
+    with ocp.CheckpointManager(directory, item_names=("state",)) as manager:
+        step = manager.latest_step()
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    return step, jax.tree.map(np.asarray, restored["state"]["params"])
+
+
+def test_quick_run_trains_evaluates_and_writes_its_records(tmp_path):
+    workdir = str(tmp_path / "run")
+    main_py(workdir, "--config.num_train_steps=40", "--config.eval_every_steps=20",
+            "--config.checkpoint_every_steps=20", "--config.optimizer.learning_rate=3e-3")
+    records = metrics_log.read_metrics(workdir)
+    train = [r["train/loss"] for r in records if "train/loss" in r]
+    assert np.mean(train[-3:]) < np.mean(train[:3]) - 0.3, train
+    evals = [r for r in records if "eval/accuracy" in r]
+    assert [r["step"] for r in evals] == [20, 40]
+    assert all(r["eval/num_examples"] == 360 for r in evals)  # the whole test split, no example twice
+    assert evals[-1]["eval/accuracy"] > 0.3  # ten classes: chance is 0.1
+    assert records[0]["step"] == 0 and records[0]["model/num_params"] > 0 and records[0]["model/gmacs"] > 0
+    with open(os.path.join(workdir, "config.json")) as f:
+        assert json.load(f)["model"]["width"] == 16
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["20", "40"]
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir))
+
+    # --mode=eval evaluates the latest checkpoint and gets the same accuracy.
+    proc = main_py(workdir, "--mode=eval")
+    assert f"'eval/accuracy': {evals[-1]['eval/accuracy']}" in proc.stderr
+
+
+def test_killed_run_resumes_to_the_same_parameters_and_metrics(tmp_path):
+    steps = ["--config.num_train_steps=60", "--config.checkpoint_every_steps=10",
+             "--config.eval_every_steps=30", "--config.keep_checkpoints=10"]
+    straight = str(tmp_path / "straight")
+    main_py(straight, *steps)
+
+    killed = str(tmp_path / "killed")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.Popen([sys.executable, "main.py", f"--workdir={killed}", *TINY, *steps], cwd=ROOT,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = os.path.join(killed, "checkpoints", "10")
+    deadline = time.time() + 300
+    while not os.path.exists(first) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = sorted(int(d) for d in os.listdir(os.path.join(killed, "checkpoints")) if d.isdigit())
+    assert done and done[-1] < 60, f"the run was not interrupted before its end: {done}"
+
+    main_py(killed, *steps)  # resumes from the newest committed checkpoint
+    step_a, params_a = final_params(straight)
+    step_b, params_b = final_params(killed)
+    assert step_a == step_b == 60
+    jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
+    strip = lambda records: [{k: v for k, v in r.items() if not k.endswith("_per_sec")} for r in records]
+    assert strip(metrics_log.read_metrics(straight)) == strip(metrics_log.read_metrics(killed))
+
+
+def test_vit_b16_tl_half_without_imagenet_explains_how_to_prepare_it(tmp_path):
+    proc = run_python(["main.py", "--config=configs/vit_b16_tl_half.py", f"--workdir={tmp_path}",
+                       f"--config.dataset.data_dir={tmp_path / 'tfds'}"], check=False)
+    assert proc.returncode != 0
+    assert "imagenet2012" in proc.stderr and "tfds build imagenet2012" in proc.stderr
+
+
+def test_vit_b16_tl_half_runs_one_step_on_synthetic_data(tmp_path):
+    run_python(["main.py", "--config=configs/vit_b16_tl_half.py", f"--workdir={tmp_path}",
+                "--config.dataset.name=synthetic", "--config.batch_size=2", "--config.eval_batch_size=2",
+                "--config.num_train_steps=1", "--config.dataset.synthetic_eval_size=2",
+                "--config.dataset.num_workers=0"])
+    records = metrics_log.read_metrics(str(tmp_path))
+    assert records[0]["model/num_params"] == pytest.approx(86.6e6, rel=0.01)
+    assert [r["step"] for r in records if "eval/accuracy" in r] == [1]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.model.bogus=1", "bogus"),
+    ("--config.batch_size=many", "batch_size"),
+    ("--config.dataset.image_size=30", "config.dataset.image_size=30"),
+    ("--config.model.token_learner.location=7", "config.model.token_learner.location=7"),
+    ("--config.model.num_classes=12", "config.model.num_classes=12"),
+    ("--config.grad_accum_steps=3", "config.batch_size=32"),
+])
+def test_bad_config_values_are_rejected_with_the_field_named(tmp_path, override, message):
+    proc = main_py(str(tmp_path), override, check=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr[-2000:]

@@ -1,0 +1,67 @@
+"""Defaults and validation for the `config.dataset` section."""
+
+import ml_collections
+
+AUGMENTATIONS = ("none", "shift", "inception_crop")
+NORMALIZATIONS = ("imagenet", "minus_one_one", "unit")
+
+
+def default_dataset_config() -> ml_collections.ConfigDict:
+    """Returns a `config.dataset` section with every supported field.
+
+    Fields:
+      name: 'digits' | 'synthetic' | 'image_folder' | any TFDS dataset name.
+      data_dir: TFDS data dir (None: TFDS default / $TFDS_DATA_DIR) or the
+        image-folder root.
+      image_size: Output images are float32 [image_size, image_size, 3].
+      train_split, eval_split: Split names (TFDS slicing such as 'train[:99%]'
+        works for TFDS datasets).
+      num_classes: Class count for 'synthetic' (-1: 1000); for other datasets -1
+        takes it from the data, any other value must match the data.
+      augment: 'none' | 'shift' (random translation by up to `shift_pixels`,
+        zero fill) | 'inception_crop' (random-resized crop + horizontal flip).
+      shift_pixels: Maximum translation of 'shift', in output pixels.
+      eval_crop_fraction: Natural-image eval: resize the shorter side to
+        image_size / eval_crop_fraction, then central-crop image_size.
+      normalize: 'imagenet' (per-channel mean/std) | 'minus_one_one' (x/127.5-1)
+        | 'unit' (x/255).
+      num_workers: Preprocessing threads (0: in the calling thread).
+      synthetic_train_size, synthetic_eval_size: Split sizes of 'synthetic'.
+    """
+    return ml_collections.ConfigDict(
+        dict(
+            name="digits",
+            data_dir=ml_collections.config_dict.placeholder(str),
+            image_size=32,
+            train_split="train",
+            eval_split="test",
+            num_classes=-1,
+            augment="shift",
+            shift_pixels=4,
+            eval_crop_fraction=0.875,
+            normalize="minus_one_one",
+            num_workers=0,
+            synthetic_train_size=1024,
+            synthetic_eval_size=256,
+        )
+    )
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the offending field of a bad dataset config."""
+    if config.augment not in AUGMENTATIONS:
+        raise ValueError(f"config.dataset.augment={config.augment!r}: expected one of" f" {AUGMENTATIONS}")
+    if config.normalize not in NORMALIZATIONS:
+        raise ValueError(
+            f"config.dataset.normalize={config.normalize!r}: expected one of" f" {NORMALIZATIONS}"
+        )
+    if config.image_size <= 0:
+        raise ValueError(f"config.dataset.image_size={config.image_size}: must be positive")
+    if config.shift_pixels < 0:
+        raise ValueError(f"config.dataset.shift_pixels={config.shift_pixels}: must be >= 0")
+    if not 0.0 < config.eval_crop_fraction <= 1.0:
+        raise ValueError(
+            f"config.dataset.eval_crop_fraction={config.eval_crop_fraction}: must" " be in (0, 1]"
+        )
+    if config.num_workers < 0:
+        raise ValueError(f"config.dataset.num_workers={config.num_workers}: must be >= 0")

@@ -1,0 +1,136 @@
+"""Image-folder dataset: `<data_dir>/<split>/<class>/*.{jpg,jpeg,png}`.
+
+Classes are the sorted subdirectory names of the train split. Files that fail
+to decode are skipped: element i is replaced by the next readable file
+(cyclically) with that file's label, and each bad path is logged once and
+counted (`ImageFolderSplit.num_corrupt`).
+"""
+
+from collections.abc import Sequence
+import dataclasses
+import os
+import threading
+
+from absl import logging
+import ml_collections
+import numpy as np
+from PIL import Image
+
+from tokenlearner_jax.data import registry
+from tokenlearner_jax.data.source import DatasetNotFoundError, DatasetSource
+from tokenlearner_jax.data.source import Example
+
+EXTENSIONS = (".jpg", ".jpeg", ".png")
+_LAYOUT = (
+    "expected layout <data_dir>/<split>/<class_name>/<image>.{jpg,jpeg,png},"
+    " e.g. <data_dir>/train/cat/0001.jpg"
+)
+
+
+def _split_dir(root: str | None, split: str) -> str:
+    if not root:
+        raise DatasetNotFoundError(
+            "dataset 'image_folder' needs config.dataset.data_dir to be set; " + _LAYOUT
+        )
+    path = os.path.join(root, split)
+    if not os.path.isdir(path):
+        raise DatasetNotFoundError(
+            f"dataset 'image_folder': split directory {path!r} not found in" f" {root!r}; {_LAYOUT}"
+        )
+    return path
+
+
+def _class_dirs(split_dir: str) -> list[str]:
+    return sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d)))
+
+
+class ImageFolderSplit(Sequence):
+    """One split; element i is dict(image=uint8 [h, w, 3], label=int)."""
+
+    def __init__(self, split_dir: str, classes: Sequence[str]):
+        class_ids = {name: i for i, name in enumerate(classes)}
+        paths, labels = [], []
+        for name in _class_dirs(split_dir):
+            if name not in class_ids:
+                raise ValueError(
+                    f"class directory {os.path.join(split_dir, name)!r} is not a class"
+                    f" of the train split ({len(classes)} classes)"
+                )
+            class_dir = os.path.join(split_dir, name)
+            for file in sorted(os.listdir(class_dir)):
+                if file.lower().endswith(EXTENSIONS):
+                    paths.append(os.path.join(class_dir, file))
+                    labels.append(class_ids[name])
+        if not paths:
+            raise DatasetNotFoundError(f"dataset 'image_folder': no images under {split_dir!r}; {_LAYOUT}")
+        self._paths = paths
+        self._labels = labels
+        self._corrupt: set[str] = set()
+        self._lock = threading.Lock()
+
+    @property
+    def num_corrupt(self) -> int:
+        """Number of distinct unreadable files met so far."""
+        with self._lock:
+            return len(self._corrupt)
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def _read(self, path: str) -> np.ndarray | None:
+        try:
+            with Image.open(path) as img:
+                return np.asarray(img.convert("RGB"))
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            with self._lock:
+                first_time = path not in self._corrupt
+                self._corrupt.add(path)
+                count = len(self._corrupt)
+            if first_time:
+                logging.warning(
+                    "image_folder: skipping unreadable image %s (%s); %d skipped so" " far",
+                    path,
+                    e,
+                    count,
+                )
+            return None
+
+    def __getitem__(self, index: int) -> Example:
+        n = len(self._paths)
+        if not 0 <= index < n:
+            raise IndexError(index)
+        for offset in range(n):
+            j = (index + offset) % n
+            image = self._read(self._paths[j])
+            if image is not None:
+                return {"image": image, "label": self._labels[j]}
+        raise ValueError(f"image_folder: no readable image among {n} files")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageFolderSource(DatasetSource):
+    """Splits are subdirectories of `root`; `classes` are the train split's."""
+
+    root: str
+    classes: tuple[str, ...]
+
+    def split(self, split: str) -> ImageFolderSplit:
+        return ImageFolderSplit(_split_dir(self.root, split), self.classes)
+
+
+@registry.register("image_folder")
+def build(config: ml_collections.ConfigDict) -> ImageFolderSource:
+    train_dir = _split_dir(config.data_dir, config.train_split)
+    classes = _class_dirs(train_dir)
+    if not classes:
+        raise DatasetNotFoundError(
+            f"dataset 'image_folder': no class directories in {train_dir!r};" f" {_LAYOUT}"
+        )
+    return ImageFolderSource(
+        name="image_folder",
+        num_classes=len(classes),
+        multi_label=False,
+        natural_images=True,
+        root=config.data_dir,
+        classes=tuple(classes),
+    )

@@ -1,0 +1,1 @@
+"""Evaluators: classification over a whole split (and, later, few-shot linear probes)."""

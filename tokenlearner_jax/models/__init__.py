@@ -1,0 +1,4 @@
+"""Backbones, one file each, built by name from `config.model` (see registry.py)."""
+
+from tokenlearner_jax.models import vit  # noqa: F401  (registers 'vit')
+from tokenlearner_jax.models.registry import build, names, register

@@ -1,0 +1,1 @@
+"""Command-line tools and reports: FLOPs, weight conversion, pictures."""

@@ -1,0 +1,1 @@
+"""The trainer: mesh and sharding, optimizer, losses, checkpoints, and the training loop."""

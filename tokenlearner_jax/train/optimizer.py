@@ -1,0 +1,66 @@
+"""Optimizers by name, learning-rate schedules, weight-decay masks and gradient accumulation."""
+
+import re
+
+import jax
+import optax
+from flax import traverse_util
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+DECAYS = ("cosine", "linear", "constant")
+
+
+def learning_rate_schedule(opt_config, total_steps: int):
+    """Linear warmup from 0 to `learning_rate` over `warmup_steps`, then cosine, linear or constant decay
+    to `end_learning_rate` at `total_steps`."""
+    peak, warmup = opt_config.learning_rate, opt_config.warmup_steps
+    end = opt_config.get("end_learning_rate", 0.0)
+    decay_steps = max(total_steps - warmup, 1)
+    if opt_config.decay == "cosine":
+        decay = optax.cosine_decay_schedule(peak, decay_steps, alpha=end / peak if peak else 0.0)
+    elif opt_config.decay == "linear":
+        decay = optax.linear_schedule(peak, end, decay_steps)
+    elif opt_config.decay == "constant":
+        decay = optax.constant_schedule(peak)
+    else:
+        raise ValueError(f"config.optimizer.decay={opt_config.decay!r}: expected one of {DECAYS}")
+    if warmup <= 0:
+        return decay
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
+
+
+def weight_decay_mask(params, exclude_patterns):
+    """True for parameters that get weight decay: every kernel except those whose '/'-joined path
+    matches one of `exclude_patterns` (regexes); biases, norm scales and position embeddings
+    are excluded by the default patterns."""
+    flat = traverse_util.flatten_dict(params, sep="/")
+    return traverse_util.unflatten_dict(
+        {path: not any(re.search(pattern, path) for pattern in exclude_patterns) for path in flat}, sep="/")
+
+
+def make_optimizer(opt_config, total_steps: int):
+    """(optax transformation, schedule) for `config.optimizer`."""
+    schedule = learning_rate_schedule(opt_config, total_steps)
+    name = opt_config.name
+    exclude = tuple(opt_config.get("weight_decay_exclude", ()))
+    if name == "adamw":
+        base = optax.adamw(schedule, b1=opt_config.b1, b2=opt_config.b2, eps=opt_config.get("eps", 1e-8),
+                           weight_decay=opt_config.weight_decay,
+                           mask=lambda params: weight_decay_mask(params, exclude))
+    elif name == "adam":
+        base = optax.adam(schedule, b1=opt_config.b1, b2=opt_config.b2, eps=opt_config.get("eps", 1e-8))
+    elif name == "sgd":
+        base = optax.chain(
+            optax.add_decayed_weights(opt_config.weight_decay, mask=lambda p: weight_decay_mask(p, exclude)),
+            optax.sgd(schedule, momentum=opt_config.momentum or None, nesterov=opt_config.get("nesterov", False)))
+    else:
+        raise ValueError(f"config.optimizer.name={name!r}: expected one of {OPTIMIZERS}")
+    parts = []
+    if opt_config.grad_clip_norm and opt_config.grad_clip_norm > 0:
+        parts.append(optax.clip_by_global_norm(opt_config.grad_clip_norm))
+    parts.append(base)
+    return optax.chain(*parts), schedule
+
+
+def global_norm(tree):
+    return optax.global_norm(jax.tree.leaves(tree))

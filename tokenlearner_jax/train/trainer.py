@@ -1,0 +1,257 @@
+"""The training loop: one jax.jit step over a named device mesh, one process or many.
+
+`run(config, workdir)` trains, evaluates, checkpoints and resumes. In order:
+  mesh -> data -> model and optimizer -> sharded state (shapes from jax.eval_shape first) ->
+  restore the latest checkpoint if any -> loop (step, log, checkpoint, evaluate) -> final eval.
+"""
+
+import contextlib
+import json
+import logging
+import math
+import os
+import time
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from clu import parameter_overview, periodic_actions
+
+from tokenlearner_jax import config_lib, data, models
+from tokenlearner_jax.evaluate import classification
+from tokenlearner_jax.tools import flops
+from tokenlearner_jax.train import checkpoint as checkpoint_lib
+from tokenlearner_jax.train import losses, mesh as mesh_lib, optimizer as optimizer_lib
+from tokenlearner_jax.train.metrics_log import MetricsLog
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    model_state: Any  # non-trainable variable collections (e.g. batch statistics); {} for ViT
+
+
+def resolve_dataset(config):
+    """DatasetInfo for the config; the synthetic dataset takes the model's class count unless set."""
+    if config.dataset.name == "synthetic" and config.dataset.num_classes <= 0:
+        with config.dataset.unlocked():
+            config.dataset.num_classes = config.model.num_classes
+    info = data.get_info(config.dataset)
+    if info.num_classes != config.model.num_classes:
+        raise ValueError(f"config.model.num_classes={config.model.num_classes} but dataset "
+                         f"{config.dataset.name!r} has {info.num_classes} classes")
+    return info
+
+
+def num_train_steps(config, info) -> int:
+    if config.num_train_steps > 0:
+        return config.num_train_steps
+    return max(1, math.ceil(config.num_epochs * info.num_train / config.batch_size))
+
+
+class Setup:
+    """Everything built from a config before the loop: mesh, model, optimizer, sharded state and the
+    jitted steps. Shared by training, evaluation of a checkpoint and (later) other evaluators."""
+
+    def __init__(self, config, info, total_steps: int, devices=None):
+        self.config = config
+        self.info = info
+        self.mesh = mesh_lib.make_mesh(config.mesh, devices)
+        self.rules = mesh_lib.logical_rules(config.sharding_rules)
+        self.model = models.build(config.model)
+        self.tx, self.schedule = optimizer_lib.make_optimizer(config.optimizer, total_steps)
+        self.batch_sharding = mesh_lib.batch_sharding(self.mesh)
+        self.replicated = mesh_lib.replicated(self.mesh)
+        self.image_shape = tuple(info.image_shape)
+
+        def init_boxed(rng):
+            variables = self.model.init({"params": rng, "dropout": rng},
+                                        jnp.zeros((1,) + self.image_shape, jnp.float32), train=False)
+            variables = dict(variables)
+            params = variables.pop("params")
+            variables.pop("intermediates", None)
+            return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                              opt_state=self.tx.init(params), model_state=variables)
+
+        with self.context():
+            abstract_boxed = jax.eval_shape(init_boxed, jax.random.key(config.seed))
+            self.state_shardings = mesh_lib.shardings_for(abstract_boxed, self.mesh, self.rules)
+            self._init = jax.jit(lambda rng: flax.core.meta.unbox(init_boxed(rng)),
+                                 out_shardings=self.state_shardings)
+        self.abstract_state = checkpoint_lib.abstract_with_shardings(
+            flax.core.meta.unbox(abstract_boxed), self.state_shardings)
+        self.train_step = jax.jit(self._train_step, in_shardings=(self.state_shardings, self.batch_sharding),
+                                  out_shardings=(self.state_shardings, self.replicated), donate_argnums=0)
+        self.eval_step = jax.jit(self._eval_step, in_shardings=(self.state_shardings, self.batch_sharding),
+                                 out_shardings=self.replicated)
+
+    @contextlib.contextmanager
+    def context(self):
+        """Mesh and logical-axis rules, active while tracing, compiling and running the steps."""
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+            yield
+
+    def init_state(self):
+        with self.context():
+            return self._init(jax.random.key(self.config.seed))
+
+    def to_global(self, batch: dict) -> dict:
+        """Process-local numpy batch -> global arrays sharded over the data-parallel axes."""
+        return {name: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(value))
+                for name, value in batch.items()}
+
+    def _loss(self, params, model_state, images, labels, rng):
+        logits, new_model_state = self.model.apply({"params": params, **model_state}, images, train=True,
+                                                   rngs={"dropout": rng}, mutable=list(model_state))
+        targets = losses.targets_from_labels(labels, self.config.model.num_classes, self.config.label_smoothing)
+        loss = jnp.mean(losses.per_example_loss(self.config.loss, logits.astype(jnp.float32), targets))
+        correct = jnp.mean(jnp.argmax(logits, -1) == (labels if labels.ndim == 1 else jnp.argmax(labels, -1)))
+        return loss, (new_model_state, correct)
+
+    def _train_step(self, state: TrainState, batch: dict):
+        """One optimizer step on a global batch, accumulating gradients over `grad_accum_steps` slices."""
+        rng = jax.random.fold_in(jax.random.key(self.config.seed), state.step)
+        grad_fn = jax.value_and_grad(self._loss, has_aux=True)
+        accum = self.config.grad_accum_steps
+        if accum == 1:
+            (loss, (model_state, correct)), grads = grad_fn(
+                state.params, state.model_state, batch["image"], batch["label"], rng)
+        else:
+            micro = jax.tree.map(lambda x: x.reshape((accum, x.shape[0] // accum) + x.shape[1:]), batch)
+
+            def body(carry, inputs):
+                grads_sum, loss_sum, correct_sum, model_state = carry
+                index, images, labels = inputs
+                (loss, (model_state, correct)), grads = grad_fn(
+                    state.params, model_state, images, labels, jax.random.fold_in(rng, index))
+                grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
+                return (grads_sum, loss_sum + loss, correct_sum + correct, model_state), None
+
+            zeros = jax.tree.map(jnp.zeros_like, state.params)
+            carry = (zeros, 0.0, 0.0, state.model_state)
+            (grads, loss, correct, model_state), _ = jax.lax.scan(
+                body, carry, (jnp.arange(accum), micro["image"], micro["label"]))
+            grads = jax.tree.map(lambda g: g / accum, grads)
+            loss, correct = loss / accum, correct / accum
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        params = jax.tree.map(jnp.add, state.params, updates)
+        metrics = {"train/loss": loss, "train/accuracy": correct,
+                   "train/grad_norm": optimizer_lib.global_norm(grads),
+                   "train/learning_rate": self.schedule(state.step)}
+        new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state)
+        return new_state, metrics
+
+    def _eval_step(self, state: TrainState, batch: dict):
+        logits = self.model.apply({"params": state.params, **state.model_state}, batch["image"], train=False)
+        return classification.eval_metrics(logits, batch["label"], batch["mask"], loss_name=self.config.loss)
+
+    def evaluate(self, state) -> dict:
+        batches = data.eval_batches(self.config.dataset, global_batch_size=self.config.eval_batch_size,
+                                    process_index=jax.process_index(), process_count=jax.process_count())
+        with self.context():
+            return classification.evaluate(self.eval_step, state, batches, self.to_global)
+
+
+def _write_config(config, workdir):
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def _log_model_report(setup: Setup, state, log: MetricsLog):
+    parameter_overview.log_parameter_overview(state.params, include_stats=False,
+                                              msg="Parameters", jax_logging_process=0)
+    num_params = flops.count_params(state.params)
+    macs = flops.forward_macs(setup.model, setup.image_shape,
+                              {"params": setup.abstract_state.params, **setup.abstract_state.model_state})
+    logging.info("Model: %.2fM parameters, %.3f GMACs (%.3f GFLOPs) per image, XLA-counted.",
+                 num_params / 1e6, macs / 1e9, 2 * macs / 1e9)
+    log.write(0, {"model/num_params": num_params, "model/gmacs": macs / 1e9})
+
+
+def run(config, workdir: str):
+    """Trains `config` in `workdir`, resuming from its latest checkpoint.
+
+    Returns (final TrainState, final eval metrics)."""
+    config_lib.validate(config)
+    info = resolve_dataset(config)
+    total_steps = num_train_steps(config, info)
+    process_count = jax.process_count()
+    if config.batch_size % process_count:
+        raise ValueError(f"config.batch_size={config.batch_size}: expected a multiple of the "
+                         f"{process_count} processes")
+    os.makedirs(workdir, exist_ok=True)
+    setup = Setup(config, info, total_steps)
+    logging.info("Mesh %s over %d devices in %d processes; %d steps of batch %d.",
+                 dict(setup.mesh.shape), jax.device_count(), process_count, total_steps, config.batch_size)
+
+    checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                               keep=config.keep_checkpoints,
+                                               async_save=config.async_checkpointing)
+    train_iter = data.train_iterator(config.dataset, global_batch_size=config.batch_size, seed=config.seed,
+                                     process_index=jax.process_index(), process_count=process_count)
+    start_step = checkpointer.latest_step() or 0
+    if start_step:
+        state, iterator_state = checkpointer.restore(start_step, setup.abstract_state)
+        train_iter.set_state(iterator_state)
+        logging.info("Resumed from the checkpoint of step %d.", start_step)
+    else:
+        state = setup.init_state()
+    _write_config(config, workdir)
+    log = MetricsLog(workdir, resume_step=start_step)
+    if not start_step:
+        _log_model_report(setup, state, log)
+
+    progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=log.writer,
+                                               every_steps=config.log_every_steps)
+    window, window_start = [], time.time()
+    eval_metrics = {}
+    with setup.context():
+        for step in range(start_step + 1, total_steps + 1):
+            batch = setup.to_global(next(train_iter))
+            state, metrics = setup.train_step(state, batch)
+            window.append(metrics)
+            progress(step)
+            if step % config.log_every_steps == 0 or step == total_steps:
+                summary = {k: float(np.mean([float(m[k]) for m in window])) for k in window[0]}
+                elapsed = time.time() - window_start
+                summary["train/steps_per_sec"] = len(window) / elapsed
+                summary["train/examples_per_sec"] = len(window) * config.batch_size / elapsed
+                log.write(step, summary)
+                if not np.isfinite(summary["train/loss"]):
+                    raise FloatingPointError(f"step {step}: train/loss is {summary['train/loss']}")
+                window, window_start = [], time.time()
+            if step % config.checkpoint_every_steps == 0 or step == total_steps:
+                checkpointer.save(step, state, train_iter.get_state(), force=step == total_steps)
+            if (config.eval_every_steps and step % config.eval_every_steps == 0) or step == total_steps:
+                eval_metrics = setup.evaluate(state)
+                log.write(step, eval_metrics)
+                logging.info("Step %d: %s", step, json.dumps(eval_metrics))
+    checkpointer.close()
+    if start_step >= total_steps:
+        logging.info("Nothing to train: the checkpoint of step %d is the last step.", start_step)
+        eval_metrics = setup.evaluate(state)
+    log.close()
+    return state, eval_metrics
+
+
+def evaluate_checkpoint(config, workdir: str) -> dict:
+    """Evaluates the latest checkpoint of `workdir` on the eval split and logs the metrics."""
+    config_lib.validate(config)
+    info = resolve_dataset(config)
+    setup = Setup(config, info, num_train_steps(config, info))
+    checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                               keep=config.keep_checkpoints, async_save=False)
+    step = checkpointer.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}")
+    state = checkpointer.restore_state(step, setup.abstract_state)
+    checkpointer.close()
+    metrics = setup.evaluate(state)
+    logging.info("Checkpoint of step %d: %s", step, json.dumps(metrics))
+    return metrics

@@ -35,5 +35,5 @@ def test_two_processes_end_with_identical_parameters_equal_to_one_process(tmp_pa
         np.testing.assert_array_equal(p0[name], p1[name], err_msg=name)
         np.testing.assert_allclose(p0[name], single[name], rtol=1e-4, atol=1e-6, err_msg=name)
     assert sorted(os.listdir(tmp_path / "pair" / "checkpoints")) == ["3", "6"]
-    data_files = sorted(os.listdir(tmp_path / "pair" / "checkpoints" / "6" / "data"))
-    assert data_files == ["process_0-of-2.json", "process_1-of-2.json"]
+    data_files = set(os.listdir(tmp_path / "pair" / "checkpoints" / "6" / "data"))
+    assert {"process_0-of-2.json", "process_1-of-2.json"} <= data_files  # each process's input position

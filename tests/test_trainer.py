@@ -19,10 +19,10 @@ from tokenlearner_jax.train import metrics_log
 # A tiny ViT + TokenLearner on digits; every test run goes through main.py's flag parsing.
 TINY = [
     "--config=configs/quickstart.py",
-    "--config.model.width=16", "--config.model.depth=2", "--config.model.num_heads=2",
-    "--config.model.mlp_dim=32", "--config.model.token_learner.location=1",
+    "--config.model.width=32", "--config.model.depth=2", "--config.model.num_heads=2",
+    "--config.model.mlp_dim=64", "--config.model.token_learner.location=1",
     "--config.dataset.image_size=16", "--config.batch_size=32", "--config.eval_batch_size=100",
-    "--config.log_every_steps=2", "--config.optimizer.warmup_steps=2",
+    "--config.log_every_steps=2", "--config.optimizer.warmup_steps=2", "--config.dataset.shift_pixels=1",
 ]
 
 
@@ -41,19 +41,19 @@ def final_params(workdir):
 
 def test_quick_run_trains_evaluates_and_writes_its_records(tmp_path):
     workdir = str(tmp_path / "run")
-    main_py(workdir, "--config.num_train_steps=40", "--config.eval_every_steps=20",
-            "--config.checkpoint_every_steps=20", "--config.optimizer.learning_rate=3e-3")
+    main_py(workdir, "--config.num_train_steps=100", "--config.eval_every_steps=50",
+            "--config.checkpoint_every_steps=50", "--config.optimizer.learning_rate=3e-3")
     records = metrics_log.read_metrics(workdir)
     train = [r["train/loss"] for r in records if "train/loss" in r]
     assert np.mean(train[-3:]) < np.mean(train[:3]) - 0.3, train
     evals = [r for r in records if "eval/accuracy" in r]
-    assert [r["step"] for r in evals] == [20, 40]
+    assert [r["step"] for r in evals] == [50, 100]
     assert all(r["eval/num_examples"] == 360 for r in evals)  # the whole test split, no example twice
     assert evals[-1]["eval/accuracy"] > 0.3  # ten classes: chance is 0.1
     assert records[0]["step"] == 0 and records[0]["model/num_params"] > 0 and records[0]["model/gmacs"] > 0
     with open(os.path.join(workdir, "config.json")) as f:
-        assert json.load(f)["model"]["width"] == 16
-    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["20", "40"]
+        assert json.load(f)["model"]["width"] == 32
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["100", "50"]
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir))
 
     # --mode=eval evaluates the latest checkpoint and gets the same accuracy.

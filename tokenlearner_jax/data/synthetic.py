@@ -41,13 +41,15 @@ class _RandomSplit(Sequence):
 
 @dataclasses.dataclass(frozen=True)
 class SyntheticSource(DatasetSource):
-    """Split 'train' has train_size examples, 'validation'/'test' eval_size."""
+    """Split 'train' has train_size examples, 'validation'/'test' eval_size. A TFDS slice such as
+    'train[:99%]' names its base split, so any ImageNet config runs on synthetic data unchanged."""
 
     image_size: int
     train_size: int
     eval_size: int
 
     def split(self, split: str) -> _RandomSplit:
+        split = split.split("[", 1)[0]
         if split not in _SPLIT_IDS:
             raise ValueError(f"synthetic has splits {sorted(_SPLIT_IDS)}, not {split!r}")
         size = self.train_size if split == "train" else self.eval_size

@@ -2,7 +2,6 @@
 
 import re
 
-import jax
 import optax
 from flax import traverse_util
 
@@ -63,4 +62,4 @@ def make_optimizer(opt_config, total_steps: int):
 
 
 def global_norm(tree):
-    return optax.global_norm(jax.tree.leaves(tree))
+    return optax.tree.norm(tree)

@@ -5,10 +5,12 @@ processes, pass --coordinator_address/--num_processes/--process_id, or launch un
 TPU pod slice, where they are read from the environment.
 """
 
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from tokenlearner_jax.train import distributed
+from tokenlearner_jax.train import distributed, preemption
 
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py[:arg]).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl, TensorBoard and config.json.")
@@ -16,17 +18,24 @@ flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (resumes automatica
 flags.DEFINE_string("coordinator_address", "", "host:port of process 0, for a multi-process run.")
 flags.DEFINE_integer("num_processes", 0, "Number of processes of a multi-process run.")
 flags.DEFINE_integer("process_id", -1, "This process's index in a multi-process run.")
+flags.DEFINE_integer("heartbeat_timeout_seconds", 120,
+                     "A multi-process run stops this long after a process stops answering, naming it.")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
 
 def main(argv):
     del argv
-    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                           heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds)
     from tokenlearner_jax.train import trainer  # after jax.distributed, which must come before any device use
 
     if FLAGS.mode == "train":
-        _, metrics = trainer.run(FLAGS.config, FLAGS.workdir)
+        try:
+            _, metrics = trainer.run(FLAGS.config, FLAGS.workdir)
+        except preemption.Preempted as stop:
+            print(f"tokenlearner_jax: {stop}", file=sys.stderr, flush=True)
+            sys.exit(preemption.EXIT_PREEMPTED)
     else:
         metrics = trainer.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
     logging.info("Final metrics: %s", metrics)

@@ -64,6 +64,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.checkpoint_every_steps = 1000
     config.keep_checkpoints = 3
     config.async_checkpointing = True
+    # False: a NaN/Inf loss or gradient norm stops the run naming the step; True: such steps are skipped
+    # (the update is not applied) and counted as train/skipped_steps.
+    config.skip_nonfinite_steps = False
     return config
 
 

@@ -24,7 +24,7 @@ from tokenlearner_jax import config_lib, data, models
 from tokenlearner_jax.evaluate import classification
 from tokenlearner_jax.tools import flops
 from tokenlearner_jax.train import checkpoint as checkpoint_lib
-from tokenlearner_jax.train import losses, mesh as mesh_lib, optimizer as optimizer_lib
+from tokenlearner_jax.train import losses, mesh as mesh_lib, optimizer as optimizer_lib, preemption
 from tokenlearner_jax.train.metrics_log import MetricsLog
 
 
@@ -140,9 +140,16 @@ class Setup:
             loss, correct = loss / accum, correct / accum
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = jax.tree.map(jnp.add, state.params, updates)
-        metrics = {"train/loss": loss, "train/accuracy": correct,
-                   "train/grad_norm": optimizer_lib.global_norm(grads),
+        grad_norm = optimizer_lib.global_norm(grads)
+        metrics = {"train/loss": loss, "train/accuracy": correct, "train/grad_norm": grad_norm,
                    "train/learning_rate": self.schedule(state.step)}
+        if self.config.skip_nonfinite_steps:
+            # A step whose loss or gradients are NaN/Inf leaves the state as it was (the step still counts).
+            finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+            keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+            params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+            model_state = keep(model_state, state.model_state)
+            metrics["train/skipped"] = 1.0 - finite.astype(jnp.float32)
         new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state)
         return new_state, metrics
 
@@ -174,18 +181,53 @@ def _log_model_report(setup: Setup, state, log: MetricsLog):
     log.write(0, {"model/num_params": num_params, "model/gmacs": macs / 1e9})
 
 
-def run(config, workdir: str):
-    """Trains `config` in `workdir`, resuming from its latest checkpoint.
+def _restore_latest_good(checkpointer, setup: Setup, train_iter, workdir: str):
+    """(step, state) of the newest checkpoint that restores, or (0, fresh state) without one.
 
-    Returns (final TrainState, final eval metrics)."""
+    A checkpoint that fails to restore (damaged or missing files) is reported with its step, moved to
+    `workdir/damaged_checkpoints/` (never deleted) and the next older one is tried."""
+    for step in reversed(checkpointer.all_steps()):
+        try:
+            state, iterator_state = checkpointer.restore(step, setup.abstract_state)
+        except Exception as e:  # orbax and tensorstore raise many types for damaged files
+            moved = checkpointer.quarantine(step, os.path.join(workdir, "damaged_checkpoints"))
+            logging.error("The checkpoint of step %d is damaged (%s: %s); moved it to %s and falling back to "
+                          "an older one.", step, type(e).__name__, str(e)[:500], moved)
+            continue
+        train_iter.set_state(iterator_state)
+        logging.info("Resumed from the checkpoint of step %d.", step)
+        return step, state
+    return 0, setup.init_state()
+
+
+def _check_finite(window, skip: bool):
+    """Raises FloatingPointError naming the first step whose loss or gradient norm is NaN or Inf
+    (unless `skip`, where such steps were not applied and are only counted)."""
+    if skip:
+        return
+    for step, metrics in window:
+        for name in ("train/loss", "train/grad_norm"):
+            value = float(metrics[name])
+            if not np.isfinite(value):
+                raise FloatingPointError(
+                    f"step {step}: {name} is {value}; stopped without writing a checkpoint of the bad values "
+                    f"(the last checkpoint is intact). Lower the learning rate, or set "
+                    f"config.skip_nonfinite_steps=True to skip such steps.")
+
+
+def run(config, workdir: str):
+    """Trains `config` in `workdir`, resuming from its latest good checkpoint.
+
+    Returns (final TrainState, final eval metrics). Raises preemption.Preempted after writing a
+    checkpoint when SIGTERM or SIGINT arrives."""
     config_lib.validate(config)
+    checkpoint_lib.check_writable(workdir)
     info = resolve_dataset(config)
     total_steps = num_train_steps(config, info)
     process_count = jax.process_count()
     if config.batch_size % process_count:
         raise ValueError(f"config.batch_size={config.batch_size}: expected a multiple of the "
                          f"{process_count} processes")
-    os.makedirs(workdir, exist_ok=True)
     setup = Setup(config, info, total_steps)
     logging.info("Mesh %s over %d devices in %d processes; %d steps of batch %d.",
                  dict(setup.mesh.shape), jax.device_count(), process_count, total_steps, config.batch_size)
@@ -195,13 +237,7 @@ def run(config, workdir: str):
                                                async_save=config.async_checkpointing)
     train_iter = data.train_iterator(config.dataset, global_batch_size=config.batch_size, seed=config.seed,
                                      process_index=jax.process_index(), process_count=process_count)
-    start_step = checkpointer.latest_step() or 0
-    if start_step:
-        state, iterator_state = checkpointer.restore(start_step, setup.abstract_state)
-        train_iter.set_state(iterator_state)
-        logging.info("Resumed from the checkpoint of step %d.", start_step)
-    else:
-        state = setup.init_state()
+    start_step, state = _restore_latest_good(checkpointer, setup, train_iter, workdir)
     _write_config(config, workdir)
     log = MetricsLog(workdir, resume_step=start_step)
     if not start_step:
@@ -209,34 +245,47 @@ def run(config, workdir: str):
 
     progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=log.writer,
                                                every_steps=config.log_every_steps)
+    guard = preemption.PreemptionGuard()
     window, window_start = [], time.time()
     eval_metrics = {}
-    with setup.context():
-        for step in range(start_step + 1, total_steps + 1):
-            batch = setup.to_global(next(train_iter))
-            state, metrics = setup.train_step(state, batch)
-            window.append(metrics)
-            progress(step)
-            if step % config.log_every_steps == 0 or step == total_steps:
-                summary = {k: float(np.mean([float(m[k]) for m in window])) for k in window[0]}
-                elapsed = time.time() - window_start
-                summary["train/steps_per_sec"] = len(window) / elapsed
-                summary["train/examples_per_sec"] = len(window) * config.batch_size / elapsed
-                log.write(step, summary)
-                if not np.isfinite(summary["train/loss"]):
-                    raise FloatingPointError(f"step {step}: train/loss is {summary['train/loss']}")
-                window, window_start = [], time.time()
-            if step % config.checkpoint_every_steps == 0 or step == total_steps:
-                checkpointer.save(step, state, train_iter.get_state(), force=step == total_steps)
-            if (config.eval_every_steps and step % config.eval_every_steps == 0) or step == total_steps:
-                eval_metrics = setup.evaluate(state)
-                log.write(step, eval_metrics)
-                logging.info("Step %d: %s", step, json.dumps(eval_metrics))
-    checkpointer.close()
-    if start_step >= total_steps:
-        logging.info("Nothing to train: the checkpoint of step %d is the last step.", start_step)
-        eval_metrics = setup.evaluate(state)
-    log.close()
+    try:
+        with setup.context():
+            for step in range(start_step + 1, total_steps + 1):
+                batch = setup.to_global(next(train_iter))
+                state, metrics = setup.train_step(state, batch)
+                window.append((step, metrics))
+                progress(step)
+                last = step == total_steps
+                save = step % config.checkpoint_every_steps == 0 or last
+                if step % config.log_every_steps == 0 or save:
+                    _check_finite(window, config.skip_nonfinite_steps)
+                    summary = {k: float(np.mean([float(m[k]) for _, m in window])) for k in window[0][1]}
+                    elapsed = time.time() - window_start
+                    summary["train/steps_per_sec"] = len(window) / elapsed
+                    summary["train/examples_per_sec"] = len(window) * config.batch_size / elapsed
+                    if config.skip_nonfinite_steps:
+                        summary["train/skipped_steps"] = float(sum(float(m["train/skipped"]) for _, m in window))
+                        del summary["train/skipped"]
+                    log.write(step, summary)
+                    window, window_start = [], time.time()
+                stop = guard.requested()
+                if save or stop:
+                    checkpointer.save(step, state, train_iter.get_state(), force=True)
+                if stop:
+                    _check_finite(window, config.skip_nonfinite_steps)
+                    checkpointer.wait()
+                    raise preemption.Preempted(step, guard.signal_name)
+                if (config.eval_every_steps and step % config.eval_every_steps == 0) or last:
+                    eval_metrics = setup.evaluate(state)
+                    log.write(step, eval_metrics)
+                    logging.info("Step %d: %s", step, json.dumps(eval_metrics))
+        checkpointer.close()
+        if start_step >= total_steps:
+            logging.info("Nothing to train: the checkpoint of step %d is the last step.", start_step)
+            eval_metrics = setup.evaluate(state)
+    finally:
+        guard.close()
+        log.close()
     return state, eval_metrics
 
 

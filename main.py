@@ -7,6 +7,7 @@ TPU pod slice, where they are read from the environment.
 
 import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -22,6 +23,7 @@ flags.DEFINE_integer("heartbeat_timeout_seconds", 120,
                      "A multi-process run stops this long after a process stops answering, naming it.")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
+EXIT_LOST_PROCESS = 76  # another process of a multi-process run died
 
 
 def main(argv):
@@ -36,6 +38,14 @@ def main(argv):
         except preemption.Preempted as stop:
             print(f"tokenlearner_jax: {stop}", file=sys.stderr, flush=True)
             sys.exit(preemption.EXIT_PREEMPTED)
+        except jax.errors.JaxRuntimeError as error:
+            if jax.process_count() == 1:
+                raise
+            print(f"tokenlearner_jax: process {jax.process_index()} of {jax.process_count()}: a collective failed "
+                  f"({str(error).splitlines()[0][:300]}); another process has probably died. jax.distributed names "
+                  f"it when its heartbeat times out (--heartbeat_timeout_seconds={FLAGS.heartbeat_timeout_seconds}). "
+                  f"Restart all processes to resume from the last checkpoint.", file=sys.stderr, flush=True)
+            sys.exit(EXIT_LOST_PROCESS)
     else:
         metrics = trainer.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
     logging.info("Final metrics: %s", metrics)

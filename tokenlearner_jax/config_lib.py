@@ -34,6 +34,35 @@ def vit_model(variant: str = "B/16", *, num_classes: int = 1000, classifier: str
     ))
 
 
+def poolformer_model(variant: str = "S12", *, num_classes: int = 1000, mixers=("pooling",),
+                     token_learner: bool = False, stage: int = 3, num_tokens: int = 8, version: str = "v1.1",
+                     use_fuser: bool = False) -> ml_collections.ConfigDict:
+    """`config.model` for a PoolFormer / MetaFormer (models/poolformer.py), with the variant's drop path.
+
+    Non-empty depths / dims and a positive layer_scale_init override the variant ('S12', 'S24', 'S36',
+    'M36', 'M48'); `mixers` holds one token mixer for all stages or one per stage ('pooling', 'identity',
+    'attention', 'depthwise_conv', 'spatial_mlp'); token_learner.stage is 0-based (3: the fourth stage)."""
+    from tokenlearner_jax.models import poolformer  # models import layers only; imported late to keep this module light
+
+    return ml_collections.ConfigDict(dict(
+        name="poolformer",
+        variant=variant,
+        num_classes=num_classes,
+        depths=(), dims=(),
+        mixers=tuple(mixers),
+        layer_scale_init=-1.0,
+        drop_path_rate=poolformer.VARIANTS[variant][3],
+        mlp_ratio=4,
+        pool_size=3,
+        attention_head_dim=32,
+        conv_kernel_size=3,
+        head_norm="group_norm",  # or 'pooled_layer_norm': timm's head, which its poolformer_* weights need
+        dtype="float32",
+        token_learner=dict(enabled=token_learner, stage=stage, num_tokens=num_tokens, version=version,
+                           use_fuser=use_fuser, bottleneck_dim=64),
+    ))
+
+
 def base_config() -> ml_collections.ConfigDict:
     """Every trainer field with its default."""
     config = ml_collections.ConfigDict()
@@ -49,6 +78,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     config.loss = "softmax_xent"  # or 'sigmoid_xent' (multi-label, JFT-style)
     config.label_smoothing = 0.0
+    # Mixup / CutMix on device in the train step (train/mixup.py); off while both alphas are 0.
+    config.mixup = ml_collections.ConfigDict(dict(mixup_alpha=0.0, cutmix_alpha=0.0, switch_prob=0.5, prob=1.0))
     config.optimizer = ml_collections.ConfigDict(dict(
         name="adamw", learning_rate=1e-3, end_learning_rate=0.0, warmup_steps=0, decay="cosine",
         b1=0.9, b2=0.999, eps=1e-8, momentum=0.9, nesterov=False, weight_decay=1e-4,
@@ -84,6 +115,10 @@ def validate(config) -> None:
     check(config.num_train_steps > 0 or config.num_epochs > 0, "num_train_steps", config.num_train_steps,
           "> 0, or num_epochs > 0")
     check(0 <= config.label_smoothing < 1, "label_smoothing", config.label_smoothing, "in [0, 1)")
+    for field in ("mixup_alpha", "cutmix_alpha"):
+        check(config.mixup[field] >= 0, f"mixup.{field}", config.mixup[field], ">= 0 (0: off)")
+    for field in ("switch_prob", "prob"):
+        check(0 <= config.mixup[field] <= 1, f"mixup.{field}", config.mixup[field], "in [0, 1]")
     check(config.optimizer.learning_rate >= 0, "optimizer.learning_rate", config.optimizer.learning_rate, ">= 0")
     check(config.optimizer.warmup_steps >= 0, "optimizer.warmup_steps", config.optimizer.warmup_steps, ">= 0")
     check(config.dataset.image_size > 0, "dataset.image_size", config.dataset.image_size, "> 0")
@@ -141,6 +176,49 @@ def imagenet_config(model: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     config.optimizer.decay = "linear"
     config.optimizer.weight_decay = 0.3
     config.optimizer.grad_clip_norm = 1.0
+    config.log_every_steps = 100
+    config.eval_every_steps = 5000
+    config.checkpoint_every_steps = 2000
+    return config
+
+
+IMAGENET_TRAIN_SIZE = 1_281_167
+
+
+def poolformer_imagenet_config(variant: str, *, batch_size: int = 1024) -> ml_collections.ConfigDict:
+    """ImageNet-1k at 224 with PoolFormer's official recipe (arXiv 2111.11418; its repository's train
+    script): AdamW, lr = batch / 1024 x 1e-3 with cosine decay to 1e-5, 5 warmup epochs, weight decay
+    0.05 (not on biases, norms and layer scales), no gradient clipping, 300 epochs, the variant's drop
+    path, label smoothing 0.1, mixup 0.8 / cutmix 1.0 (switch 0.5), RandAugment m9 (std 0.5, 2 ops),
+    random-resized crop + flip, eval crop 0.9 (S) / 0.95 (M) of the resized image, ImageNet mean/std."""
+    config = base_config()
+    config.dataset.name = "imagenet2012"
+    config.dataset.image_size = 224
+    config.dataset.train_split = "train"
+    config.dataset.eval_split = "validation"
+    config.dataset.augment = "inception_crop"
+    config.dataset.randaugment_num_ops = 2
+    config.dataset.randaugment_magnitude = 9.0
+    config.dataset.randaugment_magnitude_std = 0.5
+    config.dataset.eval_crop_fraction = 0.9 if variant.startswith("S") else 0.95
+    config.dataset.normalize = "imagenet"
+    config.dataset.num_workers = 16
+    config.model = poolformer_model(variant, num_classes=1000)
+    config.loss = "softmax_xent"
+    config.label_smoothing = 0.1
+    config.mixup.mixup_alpha = 0.8
+    config.mixup.cutmix_alpha = 1.0
+    config.batch_size = batch_size
+    config.eval_batch_size = batch_size
+    config.num_epochs = 300.0
+    config.optimizer.name = "adamw"
+    config.optimizer.learning_rate = 1e-3 * batch_size / 1024
+    config.optimizer.end_learning_rate = 1e-5
+    config.optimizer.warmup_steps = round(5 * IMAGENET_TRAIN_SIZE / batch_size)
+    config.optimizer.decay = "cosine"
+    config.optimizer.weight_decay = 0.05
+    config.optimizer.weight_decay_exclude = DEFAULT_WEIGHT_DECAY_EXCLUDE + (r"/layer_scale_\d$",)
+    config.optimizer.grad_clip_norm = 0.0
     config.log_every_steps = 100
     config.eval_every_steps = 5000
     config.checkpoint_every_steps = 2000

@@ -24,8 +24,11 @@ from tokenlearner_jax import config_lib, data, models
 from tokenlearner_jax.evaluate import classification
 from tokenlearner_jax.tools import flops
 from tokenlearner_jax.train import checkpoint as checkpoint_lib
-from tokenlearner_jax.train import losses, mesh as mesh_lib, optimizer as optimizer_lib, preemption
+from tokenlearner_jax.train import losses, mesh as mesh_lib, mixup, optimizer as optimizer_lib, preemption
 from tokenlearner_jax.train.metrics_log import MetricsLog
+
+
+MIXUP_KEY = 0x6D6978  # fold_in constant of the mixup / cutmix key
 
 
 @flax.struct.dataclass
@@ -106,9 +109,12 @@ class Setup:
                 for name, value in batch.items()}
 
     def _loss(self, params, model_state, images, labels, rng):
+        targets = losses.targets_from_labels(labels, self.config.model.num_classes, self.config.label_smoothing)
+        if mixup.enabled(self.config.mixup):  # its key is folded off the step's key; dropout's stays as it was
+            images, targets, _ = mixup.mix_batch(jax.random.fold_in(rng, MIXUP_KEY), images, targets,
+                                                 self.config.mixup)
         logits, new_model_state = self.model.apply({"params": params, **model_state}, images, train=True,
                                                    rngs={"dropout": rng}, mutable=list(model_state))
-        targets = losses.targets_from_labels(labels, self.config.model.num_classes, self.config.label_smoothing)
         loss = jnp.mean(losses.per_example_loss(self.config.loss, logits.astype(jnp.float32), targets))
         correct = jnp.mean(jnp.argmax(logits, -1) == (labels if labels.ndim == 1 else jnp.argmax(labels, -1)))
         return loss, (new_model_state, correct)

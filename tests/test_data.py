@@ -308,6 +308,12 @@ def test_image_folder(folder, caplog):
     assert ev["label"].tolist() == [0, 0, 1, 1] and ev["mask"].sum() == 4
 
 
+def test_image_folder_can_stop_on_a_corrupt_image_naming_it(folder):
+    config = _config(name="image_folder", data_dir=str(folder), image_size=8, skip_corrupt_images=False)
+    with pytest.raises(ValueError, match=r"unreadable image .*1b_corrupt.png"):
+        next(data.train_iterator(config, global_batch_size=7, seed=0))
+
+
 def test_image_folder_missing(tmp_path):
     with pytest.raises(data.DatasetNotFoundError, match="expected layout"):
         data.get_info(_config(name="image_folder", data_dir=str(tmp_path)))

@@ -113,6 +113,13 @@ def test_vit_b16_tl_half_runs_one_step_on_synthetic_data(tmp_path):
     ("--config.model.token_learner.location=7", "config.model.token_learner.location=7"),
     ("--config.model.num_classes=12", "config.model.num_classes=12"),
     ("--config.grad_accum_steps=3", "config.batch_size=32"),
+    ("--config.loss=hinge", "config.loss='hinge'"),
+    ("--config.optimizer.name=lamb", "config.optimizer.name='lamb'"),
+    ("--config.model.token_learner.version=v2", "config.model.token_learner.version='v2'"),
+    ("--config.model.dropout_rate=1.5", "config.model.dropout_rate=1.5"),
+    ("--config.dataset.augment=bogus", "config.dataset.augment='bogus'"),
+    ("--config.mesh.data=3", "config.mesh"),
+    ("--config.eval_every_steps=-1", "config.eval_every_steps=-1"),
 ])
 def test_bad_config_values_are_rejected_with_the_field_named(tmp_path, override, message):
     proc = main_py(str(tmp_path), override, check=False)

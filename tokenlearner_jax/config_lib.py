@@ -9,6 +9,7 @@ on each other (image size by patch size, batch size by processes and accumulatio
 import ml_collections
 
 from tokenlearner_jax import data
+from tokenlearner_jax.evaluate import fewshot
 
 DEFAULT_WEIGHT_DECAY_EXCLUDE = (r"/bias$", r"/scale$", r"pos_embedding$", r"/cls$", r"^cls$")
 
@@ -98,6 +99,27 @@ def base_config() -> ml_collections.ConfigDict:
     # False: a NaN/Inf loss or gradient norm stops the run naming the step; True: such steps are skipped
     # (the update is not applied) and counted as train/skipped_steps.
     config.skip_nonfinite_steps = False
+
+    # Start a fresh run from a checkpoint (train/init_from.py): '' trains from scratch; otherwise a workdir
+    # of ours or the output of `python -m tokenlearner_jax.convert`, a vit_jax / big_vision .npz, or a
+    # timm .safetensors. Patterns are regexes on parameter names such as 'head/kernel'.
+    config.init_from = ml_collections.ConfigDict(dict(
+        path="",
+        include=(),  # non-empty: load only the parameters matching one; the rest start fresh
+        exclude=(),  # parameters that start fresh; matching source parameters are ignored
+        fresh_if_missing=(r"^token_learner", r"^token_fuser"),  # may be absent from the source
+        reinit_if_shape_differs=(r"^head/",),  # re-initialised when the shapes differ (number of classes)
+    ))
+    # Few-shot linear evaluation of the frozen pre-logit features (evaluate/fewshot_evaluator.py): every
+    # `every_steps` steps and at the end of training (0: only with main.py --mode=fewshot). Datasets not
+    # prepared here are reported and skipped.
+    config.fewshot = ml_collections.ConfigDict(dict(
+        every_steps=0,
+        datasets=("digits", "caltech101", "cifar100", "dtd", "oxford_iiit_pet", "imagenet2012"),
+        shots=fewshot.SHOTS,
+        seeds=3,
+        l2_regs=fewshot.L2_REGS,  # the regulariser grid; one is chosen by leave-one-out on the shots
+    ))
     return config
 
 
@@ -115,6 +137,11 @@ def validate(config) -> None:
     check(config.num_train_steps > 0 or config.num_epochs > 0, "num_train_steps", config.num_train_steps,
           "> 0, or num_epochs > 0")
     check(0 <= config.label_smoothing < 1, "label_smoothing", config.label_smoothing, "in [0, 1)")
+    check(config.loss in ("softmax_xent", "sigmoid_xent"), "loss", config.loss, "'softmax_xent' or 'sigmoid_xent'")
+    check(config.optimizer.name in ("adamw", "adam", "sgd"), "optimizer.name", config.optimizer.name,
+          "'adamw', 'adam' or 'sgd'")
+    check(config.optimizer.decay in ("cosine", "linear", "constant"), "optimizer.decay", config.optimizer.decay,
+          "'cosine', 'linear' or 'constant'")
     for field in ("mixup_alpha", "cutmix_alpha"):
         check(config.mixup[field] >= 0, f"mixup.{field}", config.mixup[field], ">= 0 (0: off)")
     for field in ("switch_prob", "prob"):
@@ -125,6 +152,8 @@ def validate(config) -> None:
     for field in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
         check(config[field] > 0, field, config[field], "> 0")
     check(config.eval_every_steps >= 0, "eval_every_steps", config.eval_every_steps, ">= 0 (0: only at the end)")
+    check(config.fewshot.every_steps >= 0, "fewshot.every_steps", config.fewshot.every_steps,
+          ">= 0 (0: only with --mode=fewshot)")
     model = config.model
     for field in ("dropout_rate", "attention_dropout_rate", "drop_path_rate"):
         if field in model:
@@ -134,6 +163,20 @@ def validate(config) -> None:
               "'float32', 'bfloat16' or 'float16'")
     if model.name == "vit":
         _validate_vit(config, check)
+
+
+def validate_for_mesh(config, data_parallel: int, process_count: int) -> None:
+    """Batch sizes must split evenly over the data-parallel devices and the processes."""
+    micro_batch = config.batch_size // config.grad_accum_steps
+    for field, value in (("batch_size", config.batch_size), ("eval_batch_size", config.eval_batch_size)):
+        if value % process_count:
+            raise ValueError(f"config.{field}={value}: expected a multiple of the {process_count} processes")
+    if micro_batch % data_parallel:
+        raise ValueError(f"config.batch_size={config.batch_size}: batch_size / grad_accum_steps = {micro_batch} "
+                         f"must be a multiple of the {data_parallel} data-parallel devices (mesh data x fsdp)")
+    if config.eval_batch_size % data_parallel:
+        raise ValueError(f"config.eval_batch_size={config.eval_batch_size}: expected a multiple of the "
+                         f"{data_parallel} data-parallel devices (mesh data x fsdp)")
 
 
 def _validate_vit(config, check):

@@ -47,7 +47,8 @@ def _class_dirs(split_dir: str) -> list[str]:
 class ImageFolderSplit(Sequence):
     """One split; element i is dict(image=uint8 [h, w, 3], label=int)."""
 
-    def __init__(self, split_dir: str, classes: Sequence[str]):
+    def __init__(self, split_dir: str, classes: Sequence[str], skip_corrupt: bool = True):
+        self._skip_corrupt = skip_corrupt
         class_ids = {name: i for i, name in enumerate(classes)}
         paths, labels = [], []
         for name in _class_dirs(split_dir):
@@ -82,6 +83,9 @@ class ImageFolderSplit(Sequence):
             with Image.open(path) as img:
                 return np.asarray(img.convert("RGB"))
         except (OSError, ValueError, Image.DecompressionBombError) as e:
+            if not self._skip_corrupt:
+                raise ValueError(f"image_folder: unreadable image {path} ({e}); set "
+                                 f"config.dataset.skip_corrupt_images=True to skip such files") from e
             with self._lock:
                 first_time = path not in self._corrupt
                 self._corrupt.add(path)
@@ -113,9 +117,10 @@ class ImageFolderSource(DatasetSource):
 
     root: str
     classes: tuple[str, ...]
+    skip_corrupt: bool = True
 
     def split(self, split: str) -> ImageFolderSplit:
-        return ImageFolderSplit(_split_dir(self.root, split), self.classes)
+        return ImageFolderSplit(_split_dir(self.root, split), self.classes, self.skip_corrupt)
 
 
 @registry.register("image_folder")
@@ -133,4 +138,5 @@ def build(config: ml_collections.ConfigDict) -> ImageFolderSource:
         natural_images=True,
         root=config.data_dir,
         classes=tuple(classes),
+        skip_corrupt=config.skip_corrupt_images,
     )

@@ -22,8 +22,10 @@ from clu import parameter_overview, periodic_actions
 
 from tokenlearner_jax import config_lib, data, models
 from tokenlearner_jax.evaluate import classification
+from tokenlearner_jax.evaluate.fewshot_evaluator import FewShotEvaluator
 from tokenlearner_jax.tools import flops
 from tokenlearner_jax.train import checkpoint as checkpoint_lib
+from tokenlearner_jax.train import init_from
 from tokenlearner_jax.train import losses, mesh as mesh_lib, mixup, optimizer as optimizer_lib, preemption
 from tokenlearner_jax.train.metrics_log import MetricsLog
 
@@ -65,6 +67,7 @@ class Setup:
         self.config = config
         self.info = info
         self.mesh = mesh_lib.make_mesh(config.mesh, devices)
+        config_lib.validate_for_mesh(config, self.mesh.shape["data"] * self.mesh.shape["fsdp"], jax.process_count())
         self.rules = mesh_lib.logical_rules(config.sharding_rules)
         self.model = models.build(config.model)
         self.tx, self.schedule = optimizer_lib.make_optimizer(config.optimizer, total_steps)
@@ -231,9 +234,6 @@ def run(config, workdir: str):
     info = resolve_dataset(config)
     total_steps = num_train_steps(config, info)
     process_count = jax.process_count()
-    if config.batch_size % process_count:
-        raise ValueError(f"config.batch_size={config.batch_size}: expected a multiple of the "
-                         f"{process_count} processes")
     setup = Setup(config, info, total_steps)
     logging.info("Mesh %s over %d devices in %d processes; %d steps of batch %d.",
                  dict(setup.mesh.shape), jax.device_count(), process_count, total_steps, config.batch_size)
@@ -244,6 +244,8 @@ def run(config, workdir: str):
     train_iter = data.train_iterator(config.dataset, global_batch_size=config.batch_size, seed=config.seed,
                                      process_index=jax.process_index(), process_count=process_count)
     start_step, state = _restore_latest_good(checkpointer, setup, train_iter, workdir)
+    if not start_step and config.init_from.path:  # a fresh run that starts from another checkpoint
+        state = init_from.initialize(state, config.init_from, config.model, report_dir=workdir)
     _write_config(config, workdir)
     log = MetricsLog(workdir, resume_step=start_step)
     if not start_step:
@@ -252,6 +254,8 @@ def run(config, workdir: str):
     progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=log.writer,
                                                every_steps=config.log_every_steps)
     guard = preemption.PreemptionGuard()
+    fewshot_every = config.fewshot.every_steps
+    fewshot = FewShotEvaluator(config, setup) if fewshot_every else None
     window, window_start = [], time.time()
     eval_metrics = {}
     try:
@@ -285,6 +289,8 @@ def run(config, workdir: str):
                     eval_metrics = setup.evaluate(state)
                     log.write(step, eval_metrics)
                     logging.info("Step %d: %s", step, json.dumps(eval_metrics))
+                if fewshot_every and (step % fewshot_every == 0 or last):
+                    log.write(step, fewshot.run(state.params, state.model_state))
         checkpointer.close()
         if start_step >= total_steps:
             logging.info("Nothing to train: the checkpoint of step %d is the last step.", start_step)
@@ -309,4 +315,28 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
     checkpointer.close()
     metrics = setup.evaluate(state)
     logging.info("Checkpoint of step %d: %s", step, json.dumps(metrics))
+    return metrics
+
+
+def fewshot_checkpoint(config, workdir: str) -> dict:
+    """Few-shot evaluation (`config.fewshot`) of the latest checkpoint under `workdir` (a training workdir
+    or the output of `tokenlearner_jax.convert`); the metrics go to its metrics.jsonl and TensorBoard.
+
+    Only the parameters are read, and the training dataset is not needed: the model's input is
+    `config.dataset.image_size` square."""
+    config_lib.validate(config)
+    size = config.dataset.image_size
+    info = data.DatasetInfo(name=config.dataset.name, num_classes=config.model.num_classes,
+                            image_shape=(size, size, 3), num_train=0, num_eval=0, multi_label=False)
+    setup = Setup(config, info, total_steps=1)
+    abstract = {"params": setup.abstract_state.params, **setup.abstract_state.model_state}
+    variables, step = init_from.restore_variables(workdir, abstract)
+    params = variables.pop("params")
+    evaluator = FewShotEvaluator(config, setup)
+    metrics = evaluator.run(params, variables)
+    log = MetricsLog(workdir, resume_step=step)
+    log.write(step, metrics)
+    log.close()
+    logging.info("Few-shot evaluation of the checkpoint of step %d: %s%s", step, json.dumps(metrics),
+                 f"; skipped: {sorted(evaluator.skipped)}" if evaluator.skipped else "")
     return metrics

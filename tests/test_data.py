@@ -59,6 +59,10 @@ def test_default_config_fields():
         "eval_crop_fraction",
         "normalize",
         "num_workers",
+        "skip_corrupt_images",
+        "randaugment_num_ops",
+        "randaugment_magnitude",
+        "randaugment_magnitude_std",
         "synthetic_train_size",
         "synthetic_eval_size",
     }

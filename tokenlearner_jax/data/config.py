@@ -25,6 +25,12 @@ def default_dataset_config() -> ml_collections.ConfigDict:
         image_size / eval_crop_fraction, then central-crop image_size.
       normalize: 'imagenet' (per-channel mean/std) | 'minus_one_one' (x/127.5-1)
         | 'unit' (x/255).
+      randaugment_num_ops: RandAugment ops per training image after `augment`
+        (data/augment.py, meant for natural images); 0 turns it off.
+      randaugment_magnitude, randaugment_magnitude_std: Op strength in [0, 10]
+        and its per-op Gaussian noise.
+      skip_corrupt_images: image_folder: skip unreadable files (counted, paths
+        logged) or stop the run naming the file.
       num_workers: Preprocessing threads (0: in the calling thread).
       synthetic_train_size, synthetic_eval_size: Split sizes of 'synthetic'.
     """
@@ -40,7 +46,11 @@ def default_dataset_config() -> ml_collections.ConfigDict:
             shift_pixels=4,
             eval_crop_fraction=0.875,
             normalize="minus_one_one",
+            randaugment_num_ops=0,
+            randaugment_magnitude=9.0,
+            randaugment_magnitude_std=0.5,
             num_workers=0,
+            skip_corrupt_images=True,
             synthetic_train_size=1024,
             synthetic_eval_size=256,
         )
@@ -62,6 +72,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not 0.0 < config.eval_crop_fraction <= 1.0:
         raise ValueError(
             f"config.dataset.eval_crop_fraction={config.eval_crop_fraction}: must" " be in (0, 1]"
+        )
+    if config.randaugment_num_ops < 0:
+        raise ValueError(f"config.dataset.randaugment_num_ops={config.randaugment_num_ops}: must be >= 0")
+    if not 0.0 <= config.randaugment_magnitude <= 10.0:
+        raise ValueError(f"config.dataset.randaugment_magnitude={config.randaugment_magnitude}: must be in [0, 10]")
+    if config.randaugment_magnitude_std < 0:
+        raise ValueError(
+            f"config.dataset.randaugment_magnitude_std={config.randaugment_magnitude_std}: must be >= 0"
         )
     if config.num_workers < 0:
         raise ValueError(f"config.dataset.num_workers={config.num_workers}: must be >= 0")

@@ -155,11 +155,16 @@ def test_a_lost_process_stops_the_others_within_the_heartbeat_bound(tmp_path):
         s.bind(("127.0.0.1", 0))
         address = f"127.0.0.1:{s.getsockname()[1]}"
     workdir = str(tmp_path / "run")
-    args = ["--config.num_train_steps=100000", "--config.checkpoint_every_steps=20", f"--coordinator_address={address}",
+    args = ["--config.num_train_steps=1000", "--config.checkpoint_every_steps=20", "--config.eval_every_steps=1000",
             "--num_processes=2", "--heartbeat_timeout_seconds=10"]
-    procs = [subprocess.Popen([sys.executable, "main.py", f"--workdir={workdir}", *TINY, *args, f"--process_id={i}"],
-                              cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(2)]
+
+    def start_pair():
+        return [subprocess.Popen([sys.executable, "main.py", f"--workdir={workdir}", *TINY, *args,
+                                  f"--coordinator_address={address}", f"--process_id={i}"],
+                                 cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for i in range(2)]
+
+    procs = start_pair()
     try:
         assert wait_for(lambda: os.path.isdir(os.path.join(workdir, "checkpoints", "20")), procs[0], poll=0.05)
         procs[1].send_signal(signal.SIGKILL)
@@ -173,6 +178,12 @@ def test_a_lost_process_stops_the_others_within_the_heartbeat_bound(tmp_path):
             if proc.poll() is None:
                 proc.kill()
             proc.communicate()
+
+    procs = start_pair()  # a restart of all processes resumes and finishes
+    outputs = [proc.communicate(timeout=600) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], outputs[0][1][-3000:]
+    assert "Resumed from the checkpoint of step" in outputs[0][1]
+    assert final_params(workdir)[0] == 1000
 
 
 def test_unwritable_workdir_fails_before_training(tmp_path):

@@ -26,8 +26,10 @@ ENV = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="3")
 
 
 def start(workdir, *extra):
+    """main.py in the background, its output in `workdir`.log (a pipe nobody reads would fill and block it)."""
+    log = open(f"{workdir}.log", "w")
     return subprocess.Popen([sys.executable, "main.py", f"--workdir={workdir}", *TINY, *STEPS, *extra], cwd=ROOT,
-                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=ENV, stdout=log, stderr=subprocess.STDOUT)
 
 
 def wait_for(condition, proc, timeout=300, poll=0.002):
@@ -64,7 +66,8 @@ def test_signal_checkpoints_exits_and_resumes_exactly(tmp_path, straight, sig):
     proc = start(workdir)
     assert wait_for(lambda: logged_steps(workdir), proc)
     proc.send_signal(sig)
-    _, stderr = proc.communicate(timeout=300)
+    proc.wait(timeout=300)
+    stderr = open(f"{workdir}.log").read()
     assert proc.returncode == 75, stderr[-3000:]
     match = re.search(rf"preempted by {sig.name}: checkpoint of step (\d+) written", stderr)
     assert match, stderr[-3000:]
@@ -90,7 +93,7 @@ def test_kill_9_around_a_checkpoint_write_resumes_exactly(tmp_path, straight, mo
     }[moment]
     assert wait_for(condition, proc, poll=0.0005), "the run ended before the moment to kill it"
     proc.send_signal(signal.SIGKILL)
-    proc.communicate()
+    proc.wait()
     committed = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=10).all_steps()
     assert not committed or committed[-1] < 60
     if moment == "before":
@@ -155,35 +158,44 @@ def test_a_lost_process_stops_the_others_within_the_heartbeat_bound(tmp_path):
         s.bind(("127.0.0.1", 0))
         address = f"127.0.0.1:{s.getsockname()[1]}"
     workdir = str(tmp_path / "run")
-    args = ["--config.num_train_steps=1000", "--config.checkpoint_every_steps=20", "--config.eval_every_steps=1000",
+    args = ["--config.num_train_steps=300", "--config.checkpoint_every_steps=20", "--config.eval_every_steps=300",
             "--num_processes=2", "--heartbeat_timeout_seconds=10"]
 
-    def start_pair():
-        return [subprocess.Popen([sys.executable, "main.py", f"--workdir={workdir}", *TINY, *args,
-                                  f"--coordinator_address={address}", f"--process_id={i}"],
-                                 cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                for i in range(2)]
+    def start_pair(name):
+        """Both processes, their logs in files (a full pipe would block a process inside a collective)."""
+        logs = [open(tmp_path / f"{name}{i}.log", "w+") for i in range(2)]
+        procs = [subprocess.Popen([sys.executable, "main.py", f"--workdir={workdir}", *TINY, *args,
+                                   f"--coordinator_address={address}", f"--process_id={i}"],
+                                  cwd=ROOT, env=ENV, stdout=logs[i], stderr=subprocess.STDOUT)
+                 for i in range(2)]
+        return procs, logs
 
-    procs = start_pair()
+    def output(log):
+        log.seek(0)
+        return log.read()
+
+    procs, logs = start_pair("first")
     try:
-        assert wait_for(lambda: os.path.isdir(os.path.join(workdir, "checkpoints", "20")), procs[0], poll=0.05)
+        assert wait_for(lambda: os.path.isdir(os.path.join(workdir, "checkpoints", "20")), procs[0], poll=0.01)
         procs[1].send_signal(signal.SIGKILL)
         killed_at = time.time()
-        _, stderr = procs[0].communicate(timeout=120)
+        procs[0].wait(timeout=120)
         assert time.time() - killed_at < 60  # bounded by the 10 s heartbeat timeout, not a hang
         assert procs[0].returncode != 0
-        assert "another process has probably died" in stderr or "Task 1 heartbeat timeout" in stderr, stderr[-3000:]
+        text = output(logs[0])
+        assert "another process has probably died" in text or "Task 1 heartbeat timeout" in text, text[-3000:]
     finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
-            proc.communicate()
+            proc.wait()
 
-    procs = start_pair()  # a restart of all processes resumes and finishes
-    outputs = [proc.communicate(timeout=600) for proc in procs]
-    assert [proc.returncode for proc in procs] == [0, 0], outputs[0][1][-3000:]
-    assert "Resumed from the checkpoint of step" in outputs[0][1]
-    assert final_params(workdir)[0] == 1000
+    procs, logs = start_pair("restart")  # a restart of all processes resumes and finishes
+    for proc in procs:
+        proc.wait(timeout=600)
+    assert [proc.returncode for proc in procs] == [0, 0], output(logs[0])[-3000:]
+    assert "Resumed from the checkpoint of step" in output(logs[0])
+    assert "300" in os.listdir(os.path.join(workdir, "checkpoints"))
 
 
 def test_unwritable_workdir_fails_before_training(tmp_path):

@@ -19,13 +19,14 @@ def free_port():
 def test_two_processes_end_with_identical_parameters_equal_to_one_process(tmp_path):
     address = f"127.0.0.1:{free_port()}"
     env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="3")
+    logs = [open(tmp_path / f"worker{i}.log", "w") for i in range(2)]  # files: a full pipe would block a collective
     workers = [subprocess.Popen(
         [sys.executable, "tests/multiprocess_worker.py", str(tmp_path / "pair"), str(tmp_path / f"p{i}.npz"),
-         "2", address, "2", str(i)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+         "2", address, "2", str(i)], cwd=ROOT, env=env, stdout=logs[i], stderr=subprocess.STDOUT)
         for i in range(2)]
-    for worker in workers:
-        output, _ = worker.communicate(timeout=600)
-        assert worker.returncode == 0, output[-5000:]
+    for i, worker in enumerate(workers):
+        worker.wait(timeout=600)
+        assert worker.returncode == 0, (tmp_path / f"worker{i}.log").read_text()[-5000:]
     # One process with the same 4 devices and the same global batch.
     run_python(["tests/multiprocess_worker.py", str(tmp_path / "single"), str(tmp_path / "single.npz"), "4"])
 

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from clu import parameter_overview, periodic_actions
+from jax.experimental import multihost_utils
 
 from tokenlearner_jax import config_lib, data, models
 from tokenlearner_jax.evaluate import classification
@@ -224,6 +225,14 @@ def _check_finite(window, skip: bool):
                     f"config.skip_nonfinite_steps=True to skip such steps.")
 
 
+def _eval_logged(log: MetricsLog, step: int) -> bool:
+    """Whether `step`'s evaluation is in metrics.jsonl, agreed on by all processes (process 0 reads the file)."""
+    logged = np.asarray([log.has(step, "eval/accuracy")], np.int32)
+    if jax.process_count() > 1:
+        logged = multihost_utils.broadcast_one_to_all(logged)
+    return bool(logged[0])
+
+
 def run(config, workdir: str):
     """Trains `config` in `workdir`, resuming from its latest good checkpoint.
 
@@ -250,6 +259,10 @@ def run(config, workdir: str):
     log = MetricsLog(workdir, resume_step=start_step)
     if not start_step:
         _log_model_report(setup, state, log)
+    is_eval_step = lambda step: (config.eval_every_steps and step % config.eval_every_steps == 0) or step == total_steps
+    if start_step and is_eval_step(start_step) and not _eval_logged(log, start_step):
+        # Killed after the checkpoint of an eval step was committed but before its evaluation was logged.
+        log.write(start_step, setup.evaluate(state))
 
     progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=log.writer,
                                                every_steps=config.log_every_steps)
@@ -285,7 +298,7 @@ def run(config, workdir: str):
                     _check_finite(window, config.skip_nonfinite_steps)
                     checkpointer.wait()
                     raise preemption.Preempted(step, guard.signal_name)
-                if (config.eval_every_steps and step % config.eval_every_steps == 0) or last:
+                if is_eval_step(step):
                     eval_metrics = setup.evaluate(state)
                     log.write(step, eval_metrics)
                     logging.info("Step %d: %s", step, json.dumps(eval_metrics))

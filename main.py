@@ -15,7 +15,8 @@ from tokenlearner_jax.train import distributed, preemption
 
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py[:arg]).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl, TensorBoard and config.json.")
-flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (resumes automatically) or eval (latest checkpoint).")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "fewshot"],
+                  "train (resumes automatically), eval or fewshot (both on the latest checkpoint).")
 flags.DEFINE_string("coordinator_address", "", "host:port of process 0, for a multi-process run.")
 flags.DEFINE_integer("num_processes", 0, "Number of processes of a multi-process run.")
 flags.DEFINE_integer("process_id", -1, "This process's index in a multi-process run.")
@@ -46,6 +47,8 @@ def main(argv):
                   f"it when its heartbeat times out (--heartbeat_timeout_seconds={FLAGS.heartbeat_timeout_seconds}). "
                   f"Restart all processes to resume from the last checkpoint.", file=sys.stderr, flush=True)
             sys.exit(EXIT_LOST_PROCESS)
+    elif FLAGS.mode == "fewshot":
+        metrics = trainer.fewshot_checkpoint(FLAGS.config, FLAGS.workdir)
     else:
         metrics = trainer.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
     logging.info("Final metrics: %s", metrics)

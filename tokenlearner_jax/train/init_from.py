@@ -77,7 +77,8 @@ def flatten(variables: dict) -> dict:
     return flat
 
 
-def _unflatten(flat: dict) -> dict:
+def unflatten(flat: dict) -> dict:
+    """Inverse of `flatten`."""
     out = {}
     for (collection, path), leaf in flat.items():
         out.setdefault(collection, {})[path] = leaf
@@ -88,7 +89,7 @@ def _unflatten(flat: dict) -> dict:
 
 def checkpoint_directory(path: str) -> epath.Path:
     """A workdir's `checkpoints/` folder, or `path` itself when it holds the step folders."""
-    path = epath.Path(path)
+    path = epath.Path(path if "://" in path else os.path.abspath(path))  # orbax wants absolute paths
     return path / "checkpoints" if (path / "checkpoints").is_dir() else path
 
 
@@ -212,11 +213,12 @@ def reconcile(source: dict, target: dict, init_config, *, source_name: str = "")
     values, missing, mismatched = {}, [], []
     for key, spec in target.items():
         name, shown, shape = key[1], _display(key), tuple(spec.shape)
-        if excluded(name):
-            report.fresh.append(f"{shown}: excluded by config.init_from.exclude")
-            continue
-        if init_config.include and not included(name):
-            report.fresh.append(f"{shown}: not matched by config.init_from.include")
+        skip = "excluded by config.init_from.exclude" if excluded(name) else (
+            "not matched by config.init_from.include" if init_config.include and not included(name) else "")
+        if skip:
+            report.fresh.append(f"{shown}: {skip}")
+            if key in source:
+                report.ignored.append(f"{shown} {list(np.shape(source[key]))}")
             continue
         if key not in source:
             if may_be_missing(name):
@@ -279,7 +281,8 @@ def initialize(state, init_config, model_config, *, report_dir: str | None = Non
     if report_dir is not None and jax.process_index() == 0:
         report.write(os.path.join(report_dir, "init_from.json"))
     flat = flatten(variables)
-    merged = _unflatten({key: _place(values[key], leaf) if key in values else leaf for key, leaf in flat.items()})
+    merged = unflatten({key: _place(values[key], leaf) if key in values else leaf
+                        for key, leaf in flat.items()})
     params = merged.pop("params")
     model_state = {name: merged.get(name, {}) for name in state.model_state}
     return state.replace(params=params, model_state=model_state)

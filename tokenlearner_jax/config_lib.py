@@ -43,7 +43,7 @@ def poolformer_model(variant: str = "S12", *, num_classes: int = 1000, mixers=("
     Non-empty depths / dims and a positive layer_scale_init override the variant ('S12', 'S24', 'S36',
     'M36', 'M48'); `mixers` holds one token mixer for all stages or one per stage ('pooling', 'identity',
     'attention', 'depthwise_conv', 'spatial_mlp'); token_learner.stage is 0-based (3: the fourth stage)."""
-    from tokenlearner_jax.models import poolformer  # models import layers only; imported late to keep this module light
+    from tokenlearner_jax.models import poolformer  # imported late, as in _validate_vit
 
     return ml_collections.ConfigDict(dict(
         name="poolformer",

@@ -76,7 +76,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.randaugment_num_ops < 0:
         raise ValueError(f"config.dataset.randaugment_num_ops={config.randaugment_num_ops}: must be >= 0")
     if not 0.0 <= config.randaugment_magnitude <= 10.0:
-        raise ValueError(f"config.dataset.randaugment_magnitude={config.randaugment_magnitude}: must be in [0, 10]")
+        raise ValueError(
+            f"config.dataset.randaugment_magnitude={config.randaugment_magnitude}: must be in [0, 10]"
+        )
     if config.randaugment_magnitude_std < 0:
         raise ValueError(
             f"config.dataset.randaugment_magnitude_std={config.randaugment_magnitude_std}: must be >= 0"

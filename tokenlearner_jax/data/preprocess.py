@@ -12,6 +12,8 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
+from tokenlearner_jax.data import augment as augment_lib
+
 _IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255.0
 _IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255.0
 
@@ -135,6 +137,8 @@ class Preprocessor:
       normalize_mode: See `normalize`.
       natural_images: Eval (and un-augmented train) uses resize + central crop
         instead of a plain resize.
+      randaugment_num_ops, randaugment_magnitude, randaugment_magnitude_std:
+        RandAugment after `augment` in training (0 ops: off); see augment.py.
     """
 
     image_size: int
@@ -143,6 +147,9 @@ class Preprocessor:
     eval_crop_fraction: float
     normalize_mode: str
     natural_images: bool
+    randaugment_num_ops: int = 0
+    randaugment_magnitude: float = 9.0
+    randaugment_magnitude_std: float = 0.0
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict, natural_images: bool) -> "Preprocessor":
@@ -153,6 +160,9 @@ class Preprocessor:
             eval_crop_fraction=config.eval_crop_fraction,
             normalize_mode=config.normalize,
             natural_images=natural_images,
+            randaugment_num_ops=config.randaugment_num_ops,
+            randaugment_magnitude=config.randaugment_magnitude,
+            randaugment_magnitude_std=config.randaugment_magnitude_std,
         )
 
     def _deterministic(self, image: np.ndarray) -> np.ndarray:
@@ -173,4 +183,12 @@ class Preprocessor:
             out = random_shift(self._deterministic(image), self.shift_pixels, rng)
         else:
             out = self._deterministic(image)
+        if self.randaugment_num_ops:
+            out = augment_lib.rand_augment(
+                np.ascontiguousarray(out),
+                rng,
+                self.randaugment_num_ops,
+                self.randaugment_magnitude,
+                self.randaugment_magnitude_std,
+            )
         return normalize(out, self.normalize_mode)

@@ -1,6 +1,6 @@
 """Multi-head self-attention, the transformer MLP and stochastic depth, shared by every backbone."""
 
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -86,6 +86,7 @@ class MlpBlock(nn.Module):
       out_dim: output width; the input width when None.
       hidden_axis: logical name of the hidden axis ("mlp" is sharded over the model axis; small
         bottlenecks such as TokenLearner's use None).
+      kernel_init, bias_init: initializers of both Dense layers (ViT's by default).
     """
 
     hidden_dim: int
@@ -95,21 +96,21 @@ class MlpBlock(nn.Module):
     hidden_axis: Optional[str] = "mlp"
     out_axis: Optional[str] = "embed"
     approximate_gelu: bool = False
+    kernel_init: Callable = nn.initializers.xavier_uniform()
+    bias_init: Callable = nn.initializers.normal(stddev=1e-6)
 
     @nn.compact
     def __call__(self, x, *, train: bool):
         """x: `[..., width]` -> `[..., out_dim or width]`."""
         out_dim = self.out_dim or x.shape[-1]
-        kernel_init = nn.initializers.xavier_uniform()
-        bias_init = nn.initializers.normal(stddev=1e-6)
         x = nn.Dense(self.hidden_dim, dtype=self.dtype, name="Dense_0",
-                     kernel_init=param_with_axes(kernel_init, ("embed", self.hidden_axis)),
-                     bias_init=param_with_axes(bias_init, (self.hidden_axis,)))(x)
+                     kernel_init=param_with_axes(self.kernel_init, ("embed", self.hidden_axis)),
+                     bias_init=param_with_axes(self.bias_init, (self.hidden_axis,)))(x)
         x = nn.gelu(x, approximate=self.approximate_gelu)
         x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
         x = nn.Dense(out_dim, dtype=self.dtype, name="Dense_1",
-                     kernel_init=param_with_axes(kernel_init, (self.hidden_axis, self.out_axis)),
-                     bias_init=param_with_axes(bias_init, (self.out_axis,)))(x)
+                     kernel_init=param_with_axes(self.kernel_init, (self.hidden_axis, self.out_axis)),
+                     bias_init=param_with_axes(self.bias_init, (self.out_axis,)))(x)
         return nn.Dropout(self.dropout_rate)(x, deterministic=not train)
 
 

@@ -96,7 +96,7 @@ class TokenFuser(nn.Module):
         tokens = layer_norm("fuser_mix_norm1", dtype=self.dtype)(tokens)
         tokens = jnp.swapaxes(tokens, 1, 2)  # [batch, width, num_tokens]
         tokens = nn.Dense(num_tokens, dtype=self.dtype, name="token_mixing",
-                          kernel_init=param_with_axes(nn.initializers.zeros, ("tokens", "tokens")),
+                          kernel_init=param_with_axes(nn.initializers.zeros, (None, "tokens")),
                           bias_init=param_with_axes(nn.initializers.zeros, ("tokens",)))(tokens)
         tokens = layer_norm("fuser_mix_norm2", dtype=self.dtype)(jnp.swapaxes(tokens, 1, 2))
         gate = layer_norm("LayerNorm_0", dtype=self.dtype)(original)

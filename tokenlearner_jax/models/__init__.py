@@ -1,4 +1,5 @@
 """Backbones, one file each, built by name from `config.model` (see registry.py)."""
 
+from tokenlearner_jax.models import poolformer  # noqa: F401  (registers 'poolformer')
 from tokenlearner_jax.models import vit  # noqa: F401  (registers 'vit')
 from tokenlearner_jax.models.registry import build, names, register

@@ -107,7 +107,7 @@ def base_config() -> ml_collections.ConfigDict:
         path="",
         include=(),  # non-empty: load only the parameters matching one; the rest start fresh
         exclude=(),  # parameters that start fresh; matching source parameters are ignored
-        fresh_if_missing=(r"^token_learner", r"^token_fuser"),  # may be absent from the source
+        fresh_if_missing=(r"(^|/)token_learner", r"(^|/)token_fuser"),  # may be absent from the source
         reinit_if_shape_differs=(r"^head/",),  # re-initialised when the shapes differ (number of classes)
     ))
     # Few-shot linear evaluation of the frozen pre-logit features (evaluate/fewshot_evaluator.py): every

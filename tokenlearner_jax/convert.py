@@ -29,11 +29,6 @@ from ml_collections import config_flags
 from tokenlearner_jax import config_lib, models
 from tokenlearner_jax.train import init_from
 
-config_flags.DEFINE_config_file("config", None, "The config whose model the checkpoint is converted to.",
-                                lock_config=True)
-flags.DEFINE_string("source", None, "A .safetensors or .npz file, or a checkpoint directory of ours.")
-flags.DEFINE_string("output", None, "Directory to write; must not hold a checkpoint yet.")
-flags.mark_flags_as_required(["config", "source", "output"])
 FLAGS = flags.FLAGS
 
 
@@ -86,5 +81,16 @@ def main(argv):
     print(json.dumps({"adapted": report.adapted, "fresh": report.fresh, "ignored": report.ignored}, indent=1))
 
 
+def define_flags():
+    """Command-line flags, defined only when this module runs as a program (so that importing it
+    beside other tools does not define the same flag names twice)."""
+    config_flags.DEFINE_config_file("config", None, "The config whose model the checkpoint is converted to.",
+                                    lock_config=True)
+    flags.DEFINE_string("source", None, "A .safetensors or .npz file, or a checkpoint directory of ours.")
+    flags.DEFINE_string("output", None, "Directory to write; must not hold a checkpoint yet.")
+    flags.mark_flags_as_required(["config", "source", "output"])
+
+
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -27,11 +27,6 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-config_flags.DEFINE_config_file("config", None, "configs/X.py[:arg]; default: the workdir's config.json.")
-flags.DEFINE_string("workdir", None, "A training workdir (checkpoints/, metrics.jsonl, config.json).")
-flags.DEFINE_integer("num_images", 4, "attention: images from the start of the eval split.")
-flags.DEFINE_string("output", "", "Directory for the PNGs (default: WORKDIR/pictures).")
-flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
 COMMANDS = ("attention", "curves")
 
@@ -195,5 +190,16 @@ def main(argv):
     sys.stdout.flush()
 
 
+def define_flags():
+    """Command-line flags, defined only when this module runs as a program (so that importing it
+    beside other tools does not define the same flag names twice)."""
+    config_flags.DEFINE_config_file("config", None, "configs/X.py[:arg]; default: the workdir's config.json.")
+    flags.DEFINE_string("workdir", None, "A training workdir (checkpoints/, metrics.jsonl, config.json).")
+    flags.DEFINE_integer("num_images", 4, "attention: images from the start of the eval split.")
+    flags.DEFINE_string("output", "", "Directory for the PNGs (default: WORKDIR/pictures).")
+    flags.mark_flags_as_required(["workdir"])
+
+
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -13,27 +13,7 @@ from tokenlearner_jax import config_lib
 
 def get_config(arg=None):
     del arg
-    config = config_lib.base_config()
-    config.dataset.name = "digits"
-    config.dataset.image_size = 32
-    config.dataset.augment = "shift"
-    config.dataset.shift_pixels = 3
-
-    config.model = config_lib.vit_model("S/4", num_classes=10, classifier="gap", token_learner=True,
-                                        location=2, num_tokens=8)
-    config.model.width = 64
-    config.model.depth = 6
-    config.model.num_heads = 4
-    config.model.mlp_dim = 256
-
-    config.batch_size = 128
-    config.eval_batch_size = 360
-    config.num_train_steps = 1500
-    config.optimizer.learning_rate = 2e-3
-    config.optimizer.warmup_steps = 200
-    config.optimizer.weight_decay = 0.05
-    config.label_smoothing = 0.1
-
+    config = config_lib.digits_vit_config(depth=6, location=2, num_train_steps=1500, warmup_steps=200)
     config.log_every_steps = 100
     config.eval_every_steps = 500
     config.checkpoint_every_steps = 500

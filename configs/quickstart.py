@@ -4,8 +4,8 @@
 
 Digits are upscaled from 8x8 to 32x32 and cut into 4x4 patches (64 tokens); TokenLearner v1.1
 replaces them by 8 learned tokens before layer 2 of 6, so four of the six layers see 8 tokens.
-Expected: about 98% top-1 on the 360-image digits test split after a few minutes on 2 CPU cores
-(see the README for the measured figure and wall time).
+Expected: 99.7% top-1 on the 360-image digits test split after 1,500 steps, about 5 minutes for the
+whole command on 2 CPU cores (measured by experiments/quickstart_accuracy.py, see the README).
 """
 
 from tokenlearner_jax import config_lib

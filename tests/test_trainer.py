@@ -89,6 +89,16 @@ def test_killed_run_resumes_to_the_same_parameters_and_metrics(tmp_path):
     assert strip(metrics_log.read_metrics(straight)) == strip(metrics_log.read_metrics(killed))
 
 
+def test_relative_workdir_trains_checkpoints_and_resumes(tmp_path):
+    """`make train` passes a relative --workdir (runs/quickstart)."""
+    args = [os.path.join(ROOT, "main.py"), "--workdir=runs/rel", f"--config={os.path.join(ROOT, TINY[0].split('=')[1])}",
+            *TINY[1:], "--config.num_train_steps=4", "--config.checkpoint_every_steps=2"]
+    run_python(args, cwd=str(tmp_path))
+    proc = run_python([*args[:-2], "--config.num_train_steps=6", "--config.checkpoint_every_steps=2"], cwd=str(tmp_path))
+    assert "Resumed from the checkpoint of step 4" in proc.stderr
+    assert sorted(os.listdir(tmp_path / "runs" / "rel" / "checkpoints"))[-1] == "6"
+
+
 def test_vit_b16_tl_half_without_imagenet_explains_how_to_prepare_it(tmp_path):
     proc = run_python(["main.py", "--config=configs/vit_b16_tl_half.py", f"--workdir={tmp_path}",
                        f"--config.dataset.data_dir={tmp_path / 'tfds'}"], check=False)

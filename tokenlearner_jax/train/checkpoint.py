@@ -41,6 +41,7 @@ class Checkpointer:
     """Saves every `every_steps` (asynchronously if asked), keeps the last `keep`, resumes the latest."""
 
     def __init__(self, directory: str, *, keep: int, async_save: bool = True):
+        directory = os.path.abspath(directory)  # orbax needs absolute paths; workdirs are often relative
         self.directory = directory
         self.manager = ocp.CheckpointManager(
             directory,

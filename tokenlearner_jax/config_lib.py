@@ -194,18 +194,24 @@ def _validate_vit(config, check):
         check(tl.version in ("v1.1", "v1.0"), "model.token_learner.version", tl.version, "'v1.1' or 'v1.0'")
 
 
+def _imagenet_base(*, train_split: str, normalize: str) -> ml_collections.ConfigDict:
+    """`base_config()` reading ImageNet-1k at 224 (TFDS imagenet2012, inception crop + flip, 16 workers)."""
+    config = base_config()
+    config.dataset.name = "imagenet2012"
+    config.dataset.image_size = 224
+    config.dataset.train_split = train_split
+    config.dataset.eval_split = "validation"
+    config.dataset.augment = "inception_crop"
+    config.dataset.normalize = normalize
+    config.dataset.num_workers = 16
+    return config
+
+
 def imagenet_config(model: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """ImageNet-1k at 224 with the TokenLearner paper's recipe (../shared/reference/models.md): AdamW,
     weight decay 0.3, global-norm clip 1.0, batch 4096, 90 epochs, lr 5e-3 with 10k warmup steps and
     linear decay, sigmoid cross-entropy with the head bias initialised to -10, GAP classifier."""
-    config = base_config()
-    config.dataset.name = "imagenet2012"
-    config.dataset.image_size = 224
-    config.dataset.train_split = "train[:99%]"
-    config.dataset.eval_split = "validation"
-    config.dataset.augment = "inception_crop"
-    config.dataset.normalize = "minus_one_one"
-    config.dataset.num_workers = 16
+    config = _imagenet_base(train_split="train[:99%]", normalize="minus_one_one")
     config.model = model
     config.model.head_bias_init = -10.0
     config.model.dropout_rate = 0.0
@@ -234,18 +240,11 @@ def poolformer_imagenet_config(variant: str, *, batch_size: int = 1024) -> ml_co
     0.05 (not on biases, norms and layer scales), no gradient clipping, 300 epochs, the variant's drop
     path, label smoothing 0.1, mixup 0.8 / cutmix 1.0 (switch 0.5), RandAugment m9 (std 0.5, 2 ops),
     random-resized crop + flip, eval crop 0.9 (S) / 0.95 (M) of the resized image, ImageNet mean/std."""
-    config = base_config()
-    config.dataset.name = "imagenet2012"
-    config.dataset.image_size = 224
-    config.dataset.train_split = "train"
-    config.dataset.eval_split = "validation"
-    config.dataset.augment = "inception_crop"
+    config = _imagenet_base(train_split="train", normalize="imagenet")
     config.dataset.randaugment_num_ops = 2
     config.dataset.randaugment_magnitude = 9.0
     config.dataset.randaugment_magnitude_std = 0.5
     config.dataset.eval_crop_fraction = 0.9 if variant.startswith("S") else 0.95
-    config.dataset.normalize = "imagenet"
-    config.dataset.num_workers = 16
     config.model = poolformer_model(variant, num_classes=1000)
     config.loss = "softmax_xent"
     config.label_smoothing = 0.1

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= runs/quickstart
 
-.PHONY: train test install benchmark clean
+.PHONY: train train-video test install benchmark clean
 
 $(VENV)/.installed: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ install: $(VENV)/.installed
 
 train: $(VENV)/.installed
 	$(PY) main.py --config=configs/quickstart.py --workdir=$(WORKDIR)
+
+# The video quickstart: ViViT + TokenLearner on the bundled moving-digits clips (written once on first use).
+train-video: $(VENV)/.installed
+	$(PY) main.py --config=configs/quickstart_video.py --workdir=runs/quickstart_video
 
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -q tests

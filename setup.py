@@ -26,6 +26,7 @@ setuptools.setup(
         "tensorboard>=2.18,<3",
         "matplotlib>=3.8,<4",
         "safetensors>=0.4,<1",
+        "av>=12",
     ],
     extras_require={"test": ["pytest>=8"]},
 )

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, run_python
+from test_trainer import final_params
 from tokenlearner_jax import config_lib, models
 from tokenlearner_jax.tools.weights import vit as vit_weights
 from tokenlearner_jax.train import init_from
@@ -177,7 +178,8 @@ def test_main_py_starts_a_run_from_a_checkpoint(tmp_path):
     run_python(["main.py", f"--workdir={workdir}", *TINY_FLAGS, "--config.dataset.image_size=24",
                 "--config.model.token_learner.location=1", "--config.num_train_steps=1",
                 "--config.optimizer.learning_rate=0", "--config.batch_size=32", "--config.eval_batch_size=120",
-                f"--config.init_from.path={SAFETENSORS}", "--config.init_from.exclude=('^cls$',)"])
+                f"--config.init_from.path={SAFETENSORS}", "--config.init_from.exclude=('^cls$',)",
+                "--config.ema.decay=0.5"])
     with open(os.path.join(workdir, "init_from.json"), encoding="utf-8") as f:
         assert len(json.load(f)["loaded"]) == 36
     # With a zero learning rate the trained checkpoint holds the loaded weights; read it back as a source.
@@ -186,5 +188,9 @@ def test_main_py_starts_a_run_from_a_checkpoint(tmp_path):
     for name in ("stem/embedding/kernel", "encoderblock_1/MultiHeadDotProductAttention_1/query/kernel",
                  "encoderblock_1/MlpBlock_3/Dense_1/bias", "encoder_norm/scale"):
         np.testing.assert_array_equal(trained[name], source[name])
+    # The moving average starts from the loaded weights (and stays there with a zero learning rate).
+    _, ema = final_params(workdir, "ema_params")
+    np.testing.assert_allclose(ema["encoderblock_1"]["MlpBlock_3"]["Dense_1"]["bias"],
+                               source["encoderblock_1/MlpBlock_3/Dense_1/bias"], rtol=1e-6)
     assert trained["posembed_input/pos_embedding"].shape == (1, 36, 32)
     assert trained["head/kernel"].shape == (32, 10) and "token_learner/LayerNorm_0/scale" in trained

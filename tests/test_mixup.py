@@ -57,6 +57,17 @@ def test_cutmix_pastes_one_box_from_the_mirror_and_lam_is_the_uncovered_area():
     assert len(set(lams)) > 4  # boxes of different sizes
 
 
+def test_cutmix_of_videos_pastes_the_same_box_into_every_frame():
+    images, targets = batch(height=8, width=10)
+    frames = jnp.stack([images, images + 1.0, images + 2.0], axis=1)  # [batch, 3 frames, 8, 10, 3]
+    for seed in range(4):
+        mixed, _, lam = mix(jax.random.key(seed), frames, targets, mix_config(cutmix_alpha=1.0))
+        image_mixed, _, image_lam = mix(jax.random.key(seed), images, targets, mix_config(cutmix_alpha=1.0))
+        assert float(lam) == float(image_lam)
+        for t in range(3):  # each frame is cut exactly as a single image would be
+            np.testing.assert_array_equal(np.asarray(mixed[:, t]), np.asarray(image_mixed) + t)
+
+
 def test_both_switch_between_the_two_and_prob_leaves_batches_alone():
     images, targets = batch()
     kinds = set()

@@ -30,13 +30,14 @@ def main_py(workdir, *extra, **kwargs):
     return run_python(["main.py", f"--workdir={workdir}", *TINY, *extra], **kwargs)
 
 
-def final_params(workdir):
-    """The parameters of the newest checkpoint of a workdir, as numpy."""
+def final_params(workdir, key="params"):
+    """The parameters (or another TrainState field, e.g. 'ema_params') of the newest checkpoint of a
+    workdir, as numpy."""
     directory = os.path.join(workdir, "checkpoints")
     with ocp.CheckpointManager(directory, item_names=("state",)) as manager:
         step = manager.latest_step()
         restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    return step, jax.tree.map(np.asarray, restored["state"]["params"])
+    return step, jax.tree.map(np.asarray, restored["state"][key])
 
 
 def test_quick_run_trains_evaluates_and_writes_its_records(tmp_path):
@@ -63,7 +64,7 @@ def test_quick_run_trains_evaluates_and_writes_its_records(tmp_path):
 
 def test_killed_run_resumes_to_the_same_parameters_and_metrics(tmp_path):
     steps = ["--config.num_train_steps=60", "--config.checkpoint_every_steps=10",
-             "--config.eval_every_steps=30", "--config.keep_checkpoints=10"]
+             "--config.eval_every_steps=30", "--config.keep_checkpoints=10", "--config.ema.decay=0.9"]
     straight = str(tmp_path / "straight")
     main_py(straight, *steps)
 
@@ -85,6 +86,8 @@ def test_killed_run_resumes_to_the_same_parameters_and_metrics(tmp_path):
     step_b, params_b = final_params(killed)
     assert step_a == step_b == 60
     jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
+    jax.tree.map(np.testing.assert_array_equal, final_params(straight, "ema_params")[1],
+                 final_params(killed, "ema_params")[1])
     strip = lambda records: [{k: v for k, v in r.items() if not k.endswith("_per_sec")} for r in records]
     assert strip(metrics_log.read_metrics(straight)) == strip(metrics_log.read_metrics(killed))
 

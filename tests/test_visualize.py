@@ -56,3 +56,21 @@ def test_attention_and_curve_commands_write_pngs(workdir, tmp_path):
 
     curves = read_png(visualize.curve_picture(workdir, str(output)))
     assert curves.shape[1] > curves.shape[0]
+
+
+def test_a_config_json_written_before_newer_fields_still_loads(workdir, tmp_path):
+    """A run trained before fields such as `ema` or `dataset.num_frames` existed."""
+    import json
+    import shutil
+
+    old = str(tmp_path / "old_run")
+    shutil.copytree(workdir, old)
+    with open(f"{old}/config.json") as f:
+        saved = json.load(f)
+    del saved["ema"], saved["dataset"]["num_frames"], saved["dataset"]["random_erasing_prob"]
+    with open(f"{old}/config.json", "w") as f:
+        json.dump(saved, f)
+    config = visualize.config_from_workdir(old)
+    assert config.ema.decay == 0.0 and config.dataset.num_frames == 0
+    assert config.model.width == 32 and config.num_train_steps == 30  # the run's own values are kept
+    assert visualize.attention_maps(config, old, num_images=1)["step"] == 30

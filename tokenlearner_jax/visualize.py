@@ -2,6 +2,7 @@
 
   python -m tokenlearner_jax.visualize attention --workdir=W [--config=C] [--num_images=4] [--output=DIR]
   python -m tokenlearner_jax.visualize curves --workdir=W [--output=DIR]
+  python -m tokenlearner_jax.visualize class_attention --workdir=W [--config=C] [--num_images=4] [--output=DIR]
 
 `attention` restores the latest checkpoint of W, runs the model on the first `num_images` images of
 the eval split and draws, for every TokenLearner of the model, one row per image: the image, then the
@@ -10,7 +11,11 @@ per position for v1.0), upsampled from the patch grid and overlaid. Each map is 
 scale from 0 to its maximum, given in the panel's title as a multiple of the uniform weight
 1/positions. Without --config the config is read from W/config.json, as the trainer wrote it, so
 overrides given at training time need not be repeated. `curves` plots W/metrics.jsonl: training and
-eval loss, and accuracy, against the step. PNGs go to DIR (default W/pictures).
+eval loss, and accuracy, against the step. `class_attention` draws class-activation maps (CAM) for
+models with a linear head after global average pooling that sow their normalised last feature map
+(NesT): for each image, the image and the map of the predicted class over it, `feature_map @
+head/kernel + head/bias` at every position (its mean over positions is that class's logit), upsampled
+from the top-level grid; titles give the true and predicted class. PNGs go to DIR (default W/pictures).
 """
 
 import json
@@ -28,7 +33,7 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-COMMANDS = ("attention", "curves")
+COMMANDS = ("attention", "curves", "class_attention")
 
 
 def config_from_workdir(workdir: str) -> ml_collections.ConfigDict:
@@ -37,7 +42,15 @@ def config_from_workdir(workdir: str) -> ml_collections.ConfigDict:
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found: pass --config=configs/X.py (with the run's overrides)")
     with open(path, encoding="utf-8") as f:
-        return ml_collections.ConfigDict(json.load(f))
+        saved = json.load(f)
+    # Fields added to the defaults after the run was trained take their default values.
+    from tokenlearner_jax import config_lib
+
+    config = config_lib.base_config()
+    model = saved.pop("model")
+    config.update(saved)
+    config.model = ml_collections.ConfigDict(model)
+    return config
 
 
 def display_images(images: np.ndarray, normalize: str) -> np.ndarray:
@@ -57,12 +70,11 @@ def attention_grid(positions: int, height: int, width: int) -> tuple[int, int]:
     return rows, positions // rows
 
 
-def attention_maps(config, workdir: str, num_images: int) -> dict:
+def run_checkpoint(config, workdir: str, num_images: int) -> dict:
     """Runs the latest checkpoint of `workdir` on the first `num_images` eval images.
 
     Returns dict(step=int, images=float32 [n, h, w, 3] in [0, 1], labels=int [n], predictions=int [n],
-    maps={TokenLearner name: float32 [n, num_tokens, rows, cols]}); raises ValueError if the model
-    has no TokenLearner."""
+    logits=[n, classes], params=the parameter tree, intermediates={'/'-joined name: first sown value})."""
     import flax
     import jax
 
@@ -85,19 +97,50 @@ def attention_maps(config, workdir: str, num_images: int) -> dict:
         forward = jax.jit(lambda v, x: setup.model.apply(v, x, train=False, mutable=["intermediates"]))
         logits, intermediates = forward({"params": state.params, **state.model_state}, batch["image"])
     flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(intermediates["intermediates"]), sep="/")
-    found = {name.rsplit("/", 1)[0]: np.asarray(values[0]) for name, values in flat.items()
+    labels = np.asarray(batch["label"])
+    return dict(step=step, images=display_images(np.asarray(batch["image"]), config.dataset.normalize),
+                labels=labels if labels.ndim == 1 else labels.argmax(-1), logits=np.asarray(logits),
+                predictions=np.asarray(logits).argmax(-1), params=flax.core.meta.unbox(state.params),
+                intermediates={name: np.asarray(values[0]) for name, values in flat.items()})
+
+
+def attention_maps(config, workdir: str, num_images: int) -> dict:
+    """`run_checkpoint`'s result without logits, params and intermediates, plus maps={TokenLearner name:
+    float32 [n, num_tokens, rows, cols]}; raises ValueError if the model has no TokenLearner."""
+    result = run_checkpoint(config, workdir, num_images)
+    found = {name.rsplit("/", 1)[0]: values for name, values in result.pop("intermediates").items()
              if name.endswith("/token_attention")}
     if not found:
         raise ValueError(f"the model of {workdir} has no TokenLearner (config.model.token_learner.enabled=False?)")
-    height, width = batch["image"].shape[1:3]
+    del result["logits"], result["params"]
+    height, width = result["images"].shape[1:3]
     maps = {}
     for name, attention in sorted(found.items()):  # [n, num_tokens, positions]
         rows, cols = attention_grid(attention.shape[-1], height, width)
         maps[name] = attention.reshape(attention.shape[:2] + (rows, cols))
-    labels = np.asarray(batch["label"])
-    return dict(step=step, images=display_images(np.asarray(batch["image"]), config.dataset.normalize),
-                labels=labels if labels.ndim == 1 else labels.argmax(-1),
-                predictions=np.asarray(logits).argmax(-1), maps=maps)
+    result["maps"] = maps
+    return result
+
+
+def class_activation_maps(config, workdir: str, num_images: int) -> dict:
+    """`run_checkpoint`'s result plus cams=float32 [n, rows, cols]: each image's map of its predicted
+    class, `feature_map @ head/kernel[:, c] + head/bias[c]` (module docstring).
+
+    Raises ValueError if the model sows no 'feature_map' or has no 'head' Dense, or if its last grid is
+    not laid over the image (learned tokens)."""
+    result = run_checkpoint(config, workdir, num_images)
+    feature_map = result["intermediates"].get("feature_map")
+    head = result["params"].get("head")
+    if feature_map is None or head is None or feature_map.ndim != 4:
+        raise ValueError(f"the model of {workdir} ({config.model.name}) does not sow a 'feature_map' [n, h, w, c] "
+                         f"before a linear 'head' (NesT does)")
+    height, width = result["images"].shape[1:3]
+    if feature_map.shape[1] * width != feature_map.shape[2] * height:
+        raise ValueError(f"the last grid of the model of {workdir} is {feature_map.shape[1]}x{feature_map.shape[2]}, "
+                         f"not a grid over the {height}x{width} image (learned tokens without the fuser?)")
+    logits = np.einsum("nhwc,ck->nhwk", feature_map, np.asarray(head["kernel"])) + np.asarray(head["bias"])
+    result["cams"] = np.take_along_axis(logits, result["predictions"][:, None, None, None], -1)[..., 0]
+    return result
 
 
 def plot_attention(images: np.ndarray, maps: np.ndarray, labels, predictions, title: str, path: str) -> None:
@@ -125,6 +168,46 @@ def plot_attention(images: np.ndarray, maps: np.ndarray, labels, predictions, ti
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_class_attention(images: np.ndarray, cams: np.ndarray, labels, predictions, title: str, path: str,
+                         class_names=None) -> None:
+    """Two panels per image (up to four images a row): the image, then its class map [rows, cols] overlaid,
+    scaled from its minimum to its maximum."""
+    num_images = len(images)
+    per_row = min(num_images, 4)
+    rows = -(-num_images // per_row)
+    height, width = images.shape[1:3]
+    name = (lambda c: class_names[c]) if class_names is not None else str
+    fig, axes = plt.subplots(rows, 2 * per_row, squeeze=False, figsize=(2.0 * 2 * per_row, 2.1 * rows + 0.5))
+    for i in range(num_images):
+        image_ax, map_ax = axes[i // per_row, 2 * (i % per_row)], axes[i // per_row, 2 * (i % per_row) + 1]
+        image_ax.imshow(images[i], interpolation="nearest")
+        image_ax.set_title(f"true {name(labels[i])}", fontsize=8)
+        map_ax.imshow(images[i].mean(-1), cmap="gray", interpolation="nearest")
+        cam = cams[i] - cams[i].min()
+        map_ax.imshow(cam / max(float(cam.max()), 1e-12), cmap="jet", alpha=0.5, vmin=0.0, vmax=1.0,
+                      interpolation="bilinear", extent=(-0.5, width - 0.5, height - 0.5, -0.5))
+        wrong = "" if predictions[i] == labels[i] else " (wrong)"
+        map_ax.set_title(f"map of pred {name(predictions[i])}{wrong}", fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if not ax.images:
+            ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def class_attention_picture(result: dict, workdir: str, output: str) -> str:
+    os.makedirs(output, exist_ok=True)
+    path = os.path.join(output, "class_attention.png")
+    title = (f"{os.path.basename(os.path.abspath(workdir))}: class-activation maps on the "
+             f"{result['cams'].shape[1]}x{result['cams'].shape[2]} top-level grid, step {result['step']}")
+    plot_class_attention(result["images"], result["cams"], result["labels"], result["predictions"], title, path)
+    return path
 
 
 def plot_curves(records: list[dict], title: str, path: str) -> None:
@@ -183,6 +266,10 @@ def main(argv):
     if argv[1] == "attention":
         config = FLAGS.config if FLAGS.config is not None else config_from_workdir(FLAGS.workdir)
         paths = attention_pictures(attention_maps(config, FLAGS.workdir, FLAGS.num_images), FLAGS.workdir, output)
+    elif argv[1] == "class_attention":
+        config = FLAGS.config if FLAGS.config is not None else config_from_workdir(FLAGS.workdir)
+        result = class_activation_maps(config, FLAGS.workdir, FLAGS.num_images)
+        paths = [class_attention_picture(result, FLAGS.workdir, output)]
     else:
         paths = [curve_picture(FLAGS.workdir, output)]
     for path in paths:
@@ -195,7 +282,7 @@ def define_flags():
     beside other tools does not define the same flag names twice)."""
     config_flags.DEFINE_config_file("config", None, "configs/X.py[:arg]; default: the workdir's config.json.")
     flags.DEFINE_string("workdir", None, "A training workdir (checkpoints/, metrics.jsonl, config.json).")
-    flags.DEFINE_integer("num_images", 4, "attention: images from the start of the eval split.")
+    flags.DEFINE_integer("num_images", 4, "attention, class_attention: images from the start of the eval split.")
     flags.DEFINE_string("output", "", "Directory for the PNGs (default: WORKDIR/pictures).")
     flags.mark_flags_as_required(["workdir"])
 

@@ -5,8 +5,8 @@ Public API:
   get_info(dataset_config) -> DatasetInfo.
   train_iterator(dataset_config, *, global_batch_size, seed, process_index=0,
                  process_count=1) -> checkpointable iterator of
-                 dict(image=float32 [B, H, W, C], label=int32 [B] or float32
-                 [B, num_classes]).
+                 dict(image=float32 [B, H, W, C] (videos [B, T, H, W, C]),
+                 label=int32 [B] or float32 [B, num_classes]).
   eval_batches(dataset_config, *, global_batch_size, process_index=0,
                process_count=1, split=None) -> finite iterator of
                dict(image, label, mask=float32 [B]).
@@ -17,6 +17,8 @@ Public API:
 from tokenlearner_jax.data import digits  # noqa: F401
 from tokenlearner_jax.data import image_folder  # noqa: F401
 from tokenlearner_jax.data import synthetic  # noqa: F401
+from tokenlearner_jax.data import video  # noqa: F401
+from tokenlearner_jax.data import video_digits  # noqa: F401
 from tokenlearner_jax.data.config import default_dataset_config
 from tokenlearner_jax.data.pipeline import DatasetInfo
 from tokenlearner_jax.data.pipeline import eval_batches

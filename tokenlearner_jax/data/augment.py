@@ -10,6 +10,8 @@ translations, enhancements) flip their sign with probability 0.5. At level 1:
   auto_contrast, equalize and invert ignore the level.
 Geometric ops fill uncovered pixels with the ImageNet mean colour. All randomness comes from `rng`,
 so an image is augmented identically for the same generator state.
+
+`random_erasing` (the DeiT / NesT recipe) works on the normalised float image, after RandAugment.
 """
 
 import numpy as np
@@ -110,3 +112,27 @@ def rand_augment(image: np.ndarray, rng: np.random.Generator, num_ops: int, magn
         level = magnitude + magnitude_std * rng.standard_normal() if magnitude_std > 0 else magnitude
         out = OPS[name](out, float(np.clip(level, 0.0, MAX_MAGNITUDE)) / MAX_MAGNITUDE, rng)
     return np.asarray(out)
+
+
+def random_erasing(image: np.ndarray, rng: np.random.Generator, prob: float, area_range=(0.02, 1 / 3),
+                   aspect_range=(0.3, 1 / 0.3), attempts: int = 10) -> np.ndarray:
+    """Random erasing (arXiv 1708.04896) in timm's 'pixel' mode, on a normalised float image `[h, w, c]`.
+
+    With probability `prob`, one rectangle covering a fraction of the area drawn uniformly from
+    `area_range`, with a log-uniform aspect ratio (height / width) in `aspect_range`, is replaced by
+    N(0, 1) noise per pixel and channel (the normalised data's scale); the first of `attempts` draws
+    that fits is used, none if none fits. Returns a new array; the input is left untouched."""
+    if rng.random() >= prob:
+        return image
+    height, width = image.shape[:2]
+    log_aspect = (np.log(aspect_range[0]), np.log(aspect_range[1]))
+    for _ in range(attempts):
+        area = height * width * rng.uniform(*area_range)
+        aspect = np.exp(rng.uniform(*log_aspect))
+        h, w = int(round(np.sqrt(area * aspect))), int(round(np.sqrt(area / aspect)))
+        if 0 < h < height and 0 < w < width:
+            top, left = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
+            out = image.copy()
+            out[top:top + h, left:left + w] = rng.standard_normal((h, w) + image.shape[2:]).astype(image.dtype)
+            return out
+    return image

@@ -29,8 +29,17 @@ def default_dataset_config() -> ml_collections.ConfigDict:
         (data/augment.py, meant for natural images); 0 turns it off.
       randaugment_magnitude, randaugment_magnitude_std: Op strength in [0, 10]
         and its per-op Gaussian noise.
-      skip_corrupt_images: image_folder: skip unreadable files (counted, paths
-        logged) or stop the run naming the file.
+      random_erasing_prob: Probability of erasing one random rectangle (2% to
+        1/3 of the area, aspect 0.3 to 3.3) of a normalised training image with
+        N(0, 1) noise (data/augment.py; the DeiT / NesT recipe uses 0.25).
+      skip_corrupt_images: image_folder and video datasets: skip unreadable
+        files (counted, paths logged) or stop the run naming the file.
+      num_frames: Frames per clip of a video dataset (data/video.py); 0 for
+        images. Examples are then float32 [num_frames, S, S, 3].
+      frame_stride: Step between the sampled frames, in decoded frames.
+      eval_temporal_views, eval_spatial_views: Video evaluation views: clips
+        evenly spaced in time x crops along the longer side; with more than one
+        the trainer averages the logits over the views.
       num_workers: Preprocessing threads (0: in the calling thread).
       synthetic_train_size, synthetic_eval_size: Split sizes of 'synthetic'.
     """
@@ -49,8 +58,13 @@ def default_dataset_config() -> ml_collections.ConfigDict:
             randaugment_num_ops=0,
             randaugment_magnitude=9.0,
             randaugment_magnitude_std=0.5,
+            random_erasing_prob=0.0,
             num_workers=0,
             skip_corrupt_images=True,
+            num_frames=0,
+            frame_stride=1,
+            eval_temporal_views=1,
+            eval_spatial_views=1,
             synthetic_train_size=1024,
             synthetic_eval_size=256,
         )
@@ -83,5 +97,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(
             f"config.dataset.randaugment_magnitude_std={config.randaugment_magnitude_std}: must be >= 0"
         )
+    if not 0.0 <= config.random_erasing_prob <= 1.0:
+        raise ValueError(f"config.dataset.random_erasing_prob={config.random_erasing_prob}: must be in [0, 1]")
+    if config.num_frames < 0:
+        raise ValueError(f"config.dataset.num_frames={config.num_frames}: must be >= 0 (0: images)")
+    for field in ("frame_stride", "eval_temporal_views", "eval_spatial_views"):
+        if config[field] < 1:
+            raise ValueError(f"config.dataset.{field}={config[field]}: must be >= 1")
     if config.num_workers < 0:
         raise ValueError(f"config.dataset.num_workers={config.num_workers}: must be >= 0")

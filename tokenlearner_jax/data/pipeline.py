@@ -19,6 +19,7 @@ from tokenlearner_jax.data import config as config_lib
 from tokenlearner_jax.data import registry
 from tokenlearner_jax.data.preprocess import Preprocessor, encode_label
 from tokenlearner_jax.data.source import DatasetSource
+from tokenlearner_jax.data.video import VideoPreprocessor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,7 +29,8 @@ class DatasetInfo:
     Attributes:
       name: `config.dataset.name`.
       num_classes: Number of classes.
-      image_shape: (H, W, C) of preprocessed images.
+      image_shape: (H, W, C) of preprocessed images; (T, H, W, C) for videos
+        (config.num_frames > 0), one view.
       num_train: Examples in `train_split`.
       num_eval: Examples in `eval_split`.
       multi_label: Labels are float32 multi-hot [num_classes] instead of int32.
@@ -36,7 +38,7 @@ class DatasetInfo:
 
     name: str
     num_classes: int
-    image_shape: tuple[int, int, int]
+    image_shape: tuple[int, ...]
     num_train: int
     num_eval: int
     multi_label: bool
@@ -45,6 +47,9 @@ class DatasetInfo:
 def _get_source(config: ml_collections.ConfigDict) -> DatasetSource:
     config_lib.validate(config)
     source = registry.get_source(config)
+    if config.num_frames > 0 and not getattr(source, "supports_video", False):
+        raise ValueError(f"config.dataset.num_frames={config.num_frames}: dataset {config.name!r} holds images; "
+                         "set it to 0, or use a video dataset")
     if config.num_classes not in (-1, source.num_classes):
         raise ValueError(
             f"config.dataset.num_classes={config.num_classes} but dataset"
@@ -61,7 +66,7 @@ def get_info(config: ml_collections.ConfigDict) -> DatasetInfo:
     return DatasetInfo(
         name=config.name,
         num_classes=source.num_classes,
-        image_shape=(s, s, 3),
+        image_shape=((config.num_frames,) if config.num_frames > 0 else ()) + (s, s, 3),
         num_train=len(source.split(config.train_split)),
         num_eval=len(source.split(config.eval_split)),
         multi_label=source.multi_label,
@@ -78,6 +83,22 @@ def _local_batch_size(global_batch_size: int, process_index: int, process_count:
             f"global_batch_size={global_batch_size} is not divisible by" f" process_count={process_count}"
         )
     return global_batch_size // process_count
+
+
+def _preprocessor(config: ml_collections.ConfigDict, source: DatasetSource):
+    """The image `Preprocessor`, or for videos (num_frames > 0) the `VideoPreprocessor` built on it."""
+    if config.num_frames > 0:
+        return VideoPreprocessor.from_config(config, source.natural_images)
+    return Preprocessor.from_config(config, source.natural_images)
+
+
+def _read(split, index: int, fn):
+    """(fn(image), label) of element `index`. A split with `read` (video files) decodes the element
+    itself and applies fn, so that it can skip a file that fails to decode."""
+    if hasattr(split, "read"):
+        return split.read(index, fn)
+    example = split[index]
+    return fn(example["image"]), example["label"]
 
 
 def _read_options(config: ml_collections.ConfigDict, local_batch_size: int) -> grain.ReadOptions:
@@ -110,22 +131,20 @@ def train_iterator(
 
     Returns:
       A grain iterator (with JSON-serialisable `get_state()` / `set_state()`)
-      of dict(image=float32 [B, S, S, 3], label=int32 [B] or float32 multi-hot
-      [B, num_classes]) with B = global_batch_size // process_count.
+      of dict(image=float32 [B, S, S, 3] (videos [B, T, S, S, 3]), label=int32
+      [B] or float32 multi-hot [B, num_classes]) with
+      B = global_batch_size // process_count.
     """
     local = _local_batch_size(global_batch_size, process_index, process_count)
     source = _get_source(config)
     split = source.split(config.train_split)
-    prep = Preprocessor.from_config(config, source.natural_images)
+    prep = _preprocessor(config, source)
 
     def load(position_and_index: tuple[int, int]) -> dict[str, np.ndarray]:
         position, index = position_and_index
-        example = split[int(index)]
         rng = np.random.default_rng([seed, int(position)])
-        return {
-            "image": prep.train(example["image"], rng),
-            "label": encode_label(example["label"], source.num_classes, source.multi_label),
-        }
+        image, label = _read(split, int(index), lambda image: prep.train(image, rng))
+        return {"image": image, "label": encode_label(label, source.num_classes, source.multi_label)}
 
     ds = (
         grain.MapDataset.range(len(split))
@@ -165,28 +184,30 @@ def eval_batches(
     Returns:
       Iterator of dict(image=float32 [B, S, S, 3], label=int32 [B] (or float32
       [B, num_classes]), mask=float32 [B]: 1 real, 0 padding) with
-      B = global_batch_size // process_count.
+      B = global_batch_size // process_count. Videos are [B, T, S, S, 3], or
+      [B, views, T, S, S, 3] with several evaluation views.
     """
     local = _local_batch_size(global_batch_size, process_index, process_count)
     source = _get_source(config)
     data = source.split(config.eval_split if split is None else split)
-    prep = Preprocessor.from_config(config, source.natural_images)
+    prep = _preprocessor(config, source)
     num_real = len(data)
     padded = math.ceil(num_real / global_batch_size) * global_batch_size
     s = config.image_size
+    pad_image = np.zeros(prep.eval_shape if config.num_frames > 0 else (s, s, 3), np.float32)
     pad_label = np.zeros([source.num_classes], np.float32) if source.multi_label else np.int32(0)
 
     def load(position: int) -> dict[str, np.ndarray]:
         if position >= num_real:
             return {
-                "image": np.zeros([s, s, 3], np.float32),
+                "image": pad_image,
                 "label": pad_label,
                 "mask": np.float32(0.0),
             }
-        example = data[int(position)]
+        image, label = _read(data, int(position), prep.eval)
         return {
-            "image": prep.eval(example["image"]),
-            "label": encode_label(example["label"], source.num_classes, source.multi_label),
+            "image": image,
+            "label": encode_label(label, source.num_classes, source.multi_label),
             "mask": np.float32(1.0),
         }
 

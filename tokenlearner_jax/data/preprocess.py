@@ -139,6 +139,8 @@ class Preprocessor:
         instead of a plain resize.
       randaugment_num_ops, randaugment_magnitude, randaugment_magnitude_std:
         RandAugment after `augment` in training (0 ops: off); see augment.py.
+      random_erasing_prob: Random erasing of the normalised training image
+        (0: off); see augment.py.
     """
 
     image_size: int
@@ -150,6 +152,7 @@ class Preprocessor:
     randaugment_num_ops: int = 0
     randaugment_magnitude: float = 9.0
     randaugment_magnitude_std: float = 0.0
+    random_erasing_prob: float = 0.0
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict, natural_images: bool) -> "Preprocessor":
@@ -163,6 +166,7 @@ class Preprocessor:
             randaugment_num_ops=config.randaugment_num_ops,
             randaugment_magnitude=config.randaugment_magnitude,
             randaugment_magnitude_std=config.randaugment_magnitude_std,
+            random_erasing_prob=config.get("random_erasing_prob", 0.0),
         )
 
     def _deterministic(self, image: np.ndarray) -> np.ndarray:
@@ -191,4 +195,7 @@ class Preprocessor:
                 self.randaugment_magnitude,
                 self.randaugment_magnitude_std,
             )
-        return normalize(out, self.normalize_mode)
+        out = normalize(out, self.normalize_mode)
+        if self.random_erasing_prob:
+            out = augment_lib.random_erasing(out, rng, self.random_erasing_prob)
+        return out

@@ -1,7 +1,8 @@
 """Synthetic dataset: random uint8 images and labels, generated on the fly.
 
 Element i of a split is a deterministic function of (split, i): images are
-uint8 [image_size, image_size, 3], labels uniform in [0, num_classes).
+uint8 [image_size, image_size, 3] (videos uint8 [num_frames, image_size, image_size, 3] when
+config.dataset.num_frames > 0), labels uniform in [0, num_classes).
 """
 
 from collections.abc import Sequence
@@ -26,6 +27,7 @@ class _RandomSplit(Sequence):
     size: int
     image_size: int
     num_classes: int
+    num_frames: int = 0
 
     def __len__(self) -> int:
         return self.size
@@ -35,7 +37,8 @@ class _RandomSplit(Sequence):
             raise IndexError(index)
         rng = np.random.default_rng([_SEED, self.split_id, index])
         s = self.image_size
-        image = rng.integers(0, 256, size=(s, s, 3), dtype=np.uint8)
+        frames = (self.num_frames,) if self.num_frames > 0 else ()
+        image = rng.integers(0, 256, size=frames + (s, s, 3), dtype=np.uint8)
         return {"image": image, "label": int(rng.integers(self.num_classes))}
 
 
@@ -47,13 +50,15 @@ class SyntheticSource(DatasetSource):
     image_size: int
     train_size: int
     eval_size: int
+    num_frames: int = 0
+    supports_video = True  # class attribute: videos when config.dataset.num_frames > 0
 
     def split(self, split: str) -> _RandomSplit:
         split = split.split("[", 1)[0]
         if split not in _SPLIT_IDS:
             raise ValueError(f"synthetic has splits {sorted(_SPLIT_IDS)}, not {split!r}")
         size = self.train_size if split == "train" else self.eval_size
-        return _RandomSplit(_SPLIT_IDS[split], size, self.image_size, self.num_classes)
+        return _RandomSplit(_SPLIT_IDS[split], size, self.image_size, self.num_classes, self.num_frames)
 
 
 @registry.register("synthetic")
@@ -67,4 +72,5 @@ def build(config: ml_collections.ConfigDict) -> SyntheticSource:
         image_size=config.image_size,
         train_size=config.synthetic_train_size,
         eval_size=config.synthetic_eval_size,
+        num_frames=config.num_frames,
     )

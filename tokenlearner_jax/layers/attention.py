@@ -47,11 +47,15 @@ class MultiHeadAttention(nn.Module):
     Attributes:
       num_heads: number of heads; the input width must be divisible by it.
       dropout_rate: dropout on the attention weights.
+      num_kv_heads: key / value heads, each shared by num_heads / num_kv_heads query heads (1: multi-query
+        attention, arXiv 1911.02150, as NesT's CIFAR models); 0 gives every query head its own (standard).
+        The key and value kernels are then `[width, num_kv_heads, head_dim]`.
     """
 
     num_heads: int
     dropout_rate: float = 0.0
     dtype: Dtype = jnp.float32
+    num_kv_heads: int = 0
 
     @nn.compact
     def __call__(self, x, *, train: bool, bias: Optional[jax.Array] = None):
@@ -61,12 +65,18 @@ class MultiHeadAttention(nn.Module):
         if width % self.num_heads:
             raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
         head_dim = width // self.num_heads
+        kv_heads = self.num_kv_heads or self.num_heads
+        if self.num_heads % kv_heads:
+            raise ValueError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {kv_heads}")
 
-        def projection(name):
-            return EinsumDense("...d,dhk->...hk", (width, self.num_heads, head_dim), ("embed", "heads", "kv"),
-                               ("heads", "kv"), (0,), (1, 2), dtype=self.dtype, name=name)(x)
+        def projection(name, heads):
+            heads_axis = "heads" if heads == self.num_heads else None  # a shared key/value head is not sharded
+            return EinsumDense("...d,dhk->...hk", (width, heads, head_dim), ("embed", heads_axis, "kv"),
+                               (heads_axis, "kv"), (0,), (1, 2), dtype=self.dtype, name=name)(x)
 
-        query, key, value = projection("query"), projection("key"), projection("value")
+        query = projection("query", self.num_heads)
+        key, value = (jnp.repeat(projection(name, kv_heads), self.num_heads // kv_heads, axis=-2)
+                      for name in ("key", "value"))
         logits = jnp.einsum("bqhd,bkhd->bhqk", query, key) / jnp.sqrt(head_dim).astype(self.dtype)
         if bias is not None:
             logits = logits + bias.astype(logits.dtype)

@@ -24,6 +24,7 @@ class EncoderBlock(nn.Module):
     drop_path_rate: float = 0.0
     layer_norm_epsilon: float = 1e-6
     dtype: jnp.dtype = jnp.float32
+    num_kv_heads: int = 0  # 1: multi-query attention (MultiHeadAttention.num_kv_heads)
 
     @nn.compact
     def __call__(self, x, *, train: bool):
@@ -31,7 +32,7 @@ class EncoderBlock(nn.Module):
         x = constrain_batch(x)
         y = layer_norm("LayerNorm_0", epsilon=self.layer_norm_epsilon, dtype=self.dtype)(x)
         y = MultiHeadAttention(self.num_heads, self.attention_dropout_rate, dtype=self.dtype,
-                               name="MultiHeadDotProductAttention_1")(y, train=train)
+                               num_kv_heads=self.num_kv_heads, name="MultiHeadDotProductAttention_1")(y, train=train)
         y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
         x = x + DropPath(self.drop_path_rate)(y, train=train)
         y = layer_norm("LayerNorm_2", epsilon=self.layer_norm_epsilon, dtype=self.dtype)(x)

@@ -60,6 +60,16 @@ def token_learner_layer(location: float, depth: int) -> int:
                      f"integer layer index in [1, {depth - 1}] (depth {depth})")
 
 
+def _fold(x, groups: int):
+    """`[batch, groups * n, width]` -> `[batch * groups, n, width]` (group-major token order)."""
+    return x.reshape(x.shape[0] * groups, -1, x.shape[-1])
+
+
+def _unfold(x, groups: int):
+    """`[batch * groups, n, width]` -> `[batch, groups * n, width]`."""
+    return x.reshape(x.shape[0] // groups, -1, x.shape[-1])
+
+
 class ViT(nn.Module):
     """Vision Transformer classifier.
 
@@ -96,38 +106,54 @@ class ViT(nn.Module):
         x = PatchEmbedding(self.width, self.patch_size, dtype=self.dtype, name="stem")(images.astype(self.dtype))
         batch, grid_h, grid_w, _ = x.shape
         x = constrain_batch(x.reshape(batch, grid_h * grid_w, self.width))
-        num_prefix = 0
-        if self.classifier == "token":
-            cls = self.param("cls", param_with_axes(nn.initializers.zeros, (None, None, "embed")),
-                             (1, 1, self.width))
-            x = jnp.concatenate([jnp.tile(cls.astype(x.dtype), (batch, 1, 1)), x], axis=1)
-            num_prefix = 1
+        x, num_prefix = self._prepend_class_token(x, "cls")
         x = AddPositionEmbedding(name="posembed_input")(x)
         x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+        x = self._encode(x, num_prefix, (grid_h, grid_w), 1, train)
+        return self._classify(self._pool(x))
 
+    def _prepend_class_token(self, x, name):
+        """`[b, n, width]` -> (`[b, 1 + n, width]` with the class token first, 1), or (x, 0) for 'gap'."""
+        if self.classifier != "token":
+            return x, 0
+        cls = self.param(name, param_with_axes(nn.initializers.zeros, (None, None, "embed")), (1, 1, self.width))
+        return jnp.concatenate([jnp.tile(cls.astype(x.dtype), (x.shape[0], 1, 1)), x], axis=1), 1
+
+    def _pool(self, x):
+        """`[b, n, width]` -> `[b, width]`: the class token, or the mean over tokens."""
+        return x[:, 0] if self.classifier == "token" else jnp.mean(x, axis=1)
+
+    def _block(self, i, depth, name):
+        return EncoderBlock(self.num_heads, self.mlp_dim, self.dropout_rate, self.attention_dropout_rate,
+                            drop_path_rate=self.drop_path_rate * i / max(depth - 1, 1), dtype=self.dtype, name=name)
+
+    def _encode(self, x, num_prefix, grid, slices, train):
+        """The encoder layers with TokenLearner / TokenFuser, then the final LayerNorm.
+
+        x: `[batch, num_prefix + slices * positions, width]`, the positions of each of `slices` groups
+        contiguous (one group for images; one per temporal slice in ViViT), `grid` the (height, width) of a
+        group's positions. TokenLearner runs per group, so after it each group holds `num_tokens` tokens."""
         tl = self.token_learner
-        grid = (grid_h, grid_w)  # None once TokenLearner has replaced the patch tokens
         for i in range(self.depth):
-            block = EncoderBlock(
-                self.num_heads, self.mlp_dim, self.dropout_rate, self.attention_dropout_rate,
-                drop_path_rate=self.drop_path_rate * i / max(self.depth - 1, 1), dtype=self.dtype,
-                name=f"encoderblock_{i}")
+            block = self._block(i, self.depth, f"encoderblock_{i}")
             if tl is not None and tl.use_fuser and i >= tl.layer:
                 prefix, patches = x[:, :num_prefix], x[:, num_prefix:]
-                tokens = self._learn_tokens(patches, grid, train, f"token_learner_{i}")
-                tokens = block(jnp.concatenate([prefix, tokens], axis=1), train=train)
-                fused = TokenFuser(tl.bottleneck_dim, self.dropout_rate, dtype=self.dtype,
-                                   name=f"token_fuser_{i}")(tokens[:, num_prefix:], patches, train=train)
-                x = jnp.concatenate([tokens[:, :num_prefix], patches + fused], axis=1)
+                tokens = self._learn_tokens(_fold(patches, slices), grid, train, f"token_learner_{i}")
+                y = block(jnp.concatenate([prefix, _unfold(tokens, slices)], axis=1), train=train)
+                fused = TokenFuser(tl.bottleneck_dim, self.dropout_rate, dtype=self.dtype, name=f"token_fuser_{i}")(
+                    _fold(y[:, num_prefix:], slices), _fold(patches, slices), train=train)
+                x = jnp.concatenate([y[:, :num_prefix], patches + _unfold(fused, slices)], axis=1)
                 continue
             if tl is not None and i == tl.layer:
-                tokens = self._learn_tokens(x[:, num_prefix:], grid, train, "token_learner")
-                x = jnp.concatenate([x[:, :num_prefix], tokens], axis=1)
+                tokens = self._learn_tokens(_fold(x[:, num_prefix:], slices), grid, train, "token_learner")
+                x = jnp.concatenate([x[:, :num_prefix], _unfold(tokens, slices)], axis=1)
                 grid = None
             x = block(x, train=train)
-        x = layer_norm("encoder_norm", dtype=self.dtype)(x)
+        return layer_norm("encoder_norm", dtype=self.dtype)(x)
 
-        x = x[:, 0] if self.classifier == "token" else jnp.mean(x, axis=1)
+    def _classify(self, x):
+        """Pooled features `[batch, width]` -> optional tanh pre-logits -> logits (or the features when
+        num_classes is 0); the features are sown as 'pre_logits'."""
         if self.representation_size:
             x = nn.tanh(nn.Dense(self.representation_size, dtype=self.dtype, name="pre_logits",
                                  kernel_init=param_with_axes(nn.initializers.lecun_normal(), ("embed", "mlp")),

@@ -15,9 +15,12 @@ a vit_jax / big_vision `.npz`, or a timm `.safetensors` file, reconciled with th
 Position embeddings (names ending in 'pos_embedding', `[1, length, width]`) are resampled to the
 target's grid by 2D bilinear interpolation; a leading class-token row is kept as it is, dropped when
 the target has no class token, or added as zeros when the source has none (the length tells which:
-a square number of positions has no class-token row). Any other difference is an error naming the
-parameter and both shapes; so is a source parameter with no target, or a target parameter with no
-source, unless a pattern above covers it. Every decision is logged and written to
+a square number of positions has no class-token row). Relative position bias tables (names ending in
+'relative_position_bias/table', `[heads, 2w-1, 2w-1]`, MaxViT) are resized to the target's window by
+2D bilinear interpolation (layers/relative_position.resize_table). A 2D patch kernel meeting a 3D tubelet
+kernel (a 2D ViT into ViViT) is inflated over time by `config.init_from.inflate` (train/inflate.py). Any
+other difference is an error naming the parameter and both shapes; so is a source parameter with no
+target, or a target parameter with no source, unless a pattern above covers it. Every decision is logged and written to
 `<workdir>/init_from.json`. Npz and safetensors files are read through the backbone's weight map,
 `tools/weights/<config.model.name>.py`; nothing is unpickled.
 """
@@ -35,6 +38,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from tokenlearner_jax.layers import relative_position
+from tokenlearner_jax.train import inflate
 from tokenlearner_jax.tools import weights
 
 POSEMB_PATTERN = r"(^|/)pos_embedding$"
@@ -208,6 +213,7 @@ def reconcile(source: dict, target: dict, init_config, *, source_name: str = "")
     may_be_missing = _matcher(init_config.fresh_if_missing, "fresh_if_missing")
     may_reinit = _matcher(init_config.reinit_if_shape_differs, "reinit_if_shape_differs")
     is_posemb = _matcher((POSEMB_PATTERN,), "posemb")
+    is_bias_table = _matcher((relative_position.TABLE_PATTERN,), "relative bias table")
     source, target = flatten(source), flatten(target)
     report = Report(source=source_name)
     values, missing, mismatched = {}, [], []
@@ -232,6 +238,13 @@ def reconcile(source: dict, target: dict, init_config, *, source_name: str = "")
         elif is_posemb(name):
             value, note = resample_posemb(value, shape, shown)
             report.adapted.append(note)
+        elif is_bias_table(name) and value.ndim == 3 and value.shape[0] == shape[0] and shape[1] == shape[2]:
+            value = relative_position.resize_table(value, (shape[1] + 1) // 2)
+            report.adapted.append(f"{shown}: {list(np.shape(source[key]))} -> {list(shape)} (bilinear)")
+        elif name.endswith("kernel") and inflate.can_inflate(value.shape, shape):
+            method = init_config.get("inflate", "central_frame")
+            value = inflate.inflate_kernel(value, shape[0], method)
+            report.adapted.append(f"{shown}: {list(np.shape(source[key]))} -> {list(shape)} ({method} inflation)")
         elif may_reinit(name):
             report.fresh.append(f"{shown}: re-initialised, shape {list(value.shape)} in the source, "
                                 f"{list(shape)} here")

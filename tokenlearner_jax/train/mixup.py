@@ -8,7 +8,8 @@ probability `switch_prob`, otherwise the one with a positive alpha runs.
   uniform pixel, clipped to the image, is pasted from the reversed batch; lam becomes the uncovered
   fraction of the image.
 Targets (already label-smoothed) mix with the same lam. Every draw comes from the step's rng, so a
-resumed run mixes exactly as an uninterrupted one. Shapes stay static (the box is a mask), so it jits.
+resumed run mixes exactly as an uninterrupted one. Shapes stay static (the box is a mask), so it jits. Videos `[batch, frames, height, width, channels]`
+get the same box in every frame.
 """
 
 import jax
@@ -35,7 +36,7 @@ def _cutmix_mask(rng, lam, height: int, width: int):
 
 
 def mix_batch(rng, images, targets, mixup_config):
-    """images: `[batch, height, width, channels]`; targets: float `[batch, num_classes]`. Returns the mixed
+    """images: `[batch, height, width, channels]` or `[batch, frames, height, width, channels]`; targets: float `[batch, num_classes]`. Returns the mixed
     (images, targets) and lam (1.0 when the batch was left alone)."""
     alpha_mix, alpha_cut = mixup_config.mixup_alpha, mixup_config.cutmix_alpha
     rng_apply, rng_switch, rng_mix, rng_cut, rng_box = jax.random.split(rng, 5)
@@ -46,11 +47,13 @@ def mix_batch(rng, images, targets, mixup_config):
         use_cutmix = jnp.asarray(alpha_cut > 0)
     lam_mix = jax.random.beta(rng_mix, alpha_mix, alpha_mix) if alpha_mix > 0 else jnp.float32(1.0)
     lam_cut = jax.random.beta(rng_cut, alpha_cut, alpha_cut) if alpha_cut > 0 else jnp.float32(1.0)
-    mask, lam_box = _cutmix_mask(rng_box, lam_cut, images.shape[1], images.shape[2])
+    height, width = images.shape[-3:-1]
+    mask, lam_box = _cutmix_mask(rng_box, lam_cut, height, width)
+    mask = mask.reshape((1,) * (images.ndim - 3) + (height, width, 1))
 
     reversed_images = images[::-1]
     blended = lam_mix * images + (1.0 - lam_mix) * reversed_images
-    pasted = jnp.where(mask[None, :, :, None], reversed_images, images)
+    pasted = jnp.where(mask, reversed_images, images)
     lam = jnp.where(apply, jnp.where(use_cutmix, lam_box, lam_mix), 1.0).astype(jnp.float32)
     mixed = jnp.where(use_cutmix, pasted, blended).astype(images.dtype)
     images = jnp.where(apply, mixed, images)

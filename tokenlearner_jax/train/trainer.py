@@ -40,6 +40,7 @@ class TrainState:
     params: Any
     opt_state: Any
     model_state: Any  # non-trainable variable collections (e.g. batch statistics); {} for ViT
+    ema_params: Any  # exponential moving average of `params` (config.ema); {} while it is off
 
 
 def resolve_dataset(config):
@@ -75,6 +76,7 @@ class Setup:
         self.batch_sharding = mesh_lib.batch_sharding(self.mesh)
         self.replicated = mesh_lib.replicated(self.mesh)
         self.image_shape = tuple(info.image_shape)
+        self.ema_enabled = config.ema.decay > 0
 
         def init_boxed(rng):
             variables = self.model.init({"params": rng, "dropout": rng},
@@ -82,8 +84,9 @@ class Setup:
             variables = dict(variables)
             params = variables.pop("params")
             variables.pop("intermediates", None)
+            ema_params = jax.tree.map(jnp.copy, params) if self.ema_enabled else {}
             return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                              opt_state=self.tx.init(params), model_state=variables)
+                              opt_state=self.tx.init(params), model_state=variables, ema_params=ema_params)
 
         with self.context():
             abstract_boxed = jax.eval_shape(init_boxed, jax.random.key(config.seed))
@@ -150,6 +153,7 @@ class Setup:
             loss, correct = loss / accum, correct / accum
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = jax.tree.map(jnp.add, state.params, updates)
+        ema_params = self._update_ema(state.ema_params, params, state.step)
         grad_norm = optimizer_lib.global_norm(grads)
         metrics = {"train/loss": loss, "train/accuracy": correct, "train/grad_norm": grad_norm,
                    "train/learning_rate": self.schedule(state.step)}
@@ -159,15 +163,45 @@ class Setup:
             keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
             params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
             model_state = keep(model_state, state.model_state)
+            ema_params = keep(ema_params, state.ema_params)
             metrics["train/skipped"] = 1.0 - finite.astype(jnp.float32)
-        new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state)
+        new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state,
+                               ema_params=ema_params)
         return new_state, metrics
 
+    def _update_ema(self, ema_params, params, step):
+        """ema <- decay * ema + (1 - decay) * params after the update of step `step` (0-based). With
+        `dynamic_decay` the decay is min(decay, (1 + step) / (10 + step)), so the average forgets the
+        random initialisation quickly early in training (TensorFlow's ExponentialMovingAverage with
+        num_updates, as the official MaxViT trainer uses it)."""
+        if not self.ema_enabled:
+            return ema_params
+        decay = jnp.asarray(self.config.ema.decay, jnp.float32)
+        if self.config.ema.dynamic_decay:
+            count = step.astype(jnp.float32)
+            decay = jnp.minimum(decay, (1.0 + count) / (10.0 + count))
+        return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
+
     def _eval_step(self, state: TrainState, batch: dict):
-        logits = self.model.apply({"params": state.params, **state.model_state}, batch["image"], train=False)
+        images = batch["image"]
+        views = images.shape[1] if images.ndim == len(self.image_shape) + 2 else 0  # [batch, views, ...]
+        if views:
+            images = images.reshape((-1,) + images.shape[2:])
+        logits = self.model.apply({"params": state.params, **state.model_state}, images, train=False)
+        if views:  # multi-view evaluation (video clips x crops): logits averaged over the views
+            logits = logits.reshape(-1, views, logits.shape[-1]).mean(axis=1)
         return classification.eval_metrics(logits, batch["label"], batch["mask"], loss_name=self.config.loss)
 
     def evaluate(self, state) -> dict:
+        """Metrics of the eval split: 'eval/*' with the parameters and, with config.ema on, 'eval_ema/*'
+        with their moving average (the batch statistics are the same for both)."""
+        metrics = self._evaluate_params(state)
+        if self.ema_enabled:
+            ema = self._evaluate_params(state.replace(params=state.ema_params))
+            metrics.update({"eval_ema/" + name.split("/", 1)[1]: value for name, value in ema.items()})
+        return metrics
+
+    def _evaluate_params(self, state) -> dict:
         batches = data.eval_batches(self.config.dataset, global_batch_size=self.config.eval_batch_size,
                                     process_index=jax.process_index(), process_count=jax.process_count())
         with self.context():
@@ -255,6 +289,8 @@ def run(config, workdir: str):
     start_step, state = _restore_latest_good(checkpointer, setup, train_iter, workdir)
     if not start_step and config.init_from.path:  # a fresh run that starts from another checkpoint
         state = init_from.initialize(state, config.init_from, config.model, report_dir=workdir)
+        if setup.ema_enabled:  # the average starts from the loaded parameters
+            state = state.replace(ema_params=jax.tree.map(jnp.copy, state.params))
     _write_config(config, workdir)
     log = MetricsLog(workdir, resume_step=start_step)
     if not start_step:

@@ -39,10 +39,10 @@ def main():
              "|---|---|---|---|---|---|---|"]
     for name, config, ref_params, ref_macs in ROWS:
         model = models.build(config)
-        abstract = flops.abstract_variables(model, (224, 224, 3))
-        params = flops.count_params(abstract["params"]) / 1e6
-        matmul = flops.matmul_macs(model, (224, 224, 3), abstract) / 1e9
-        xla = flops.forward_macs(model, (224, 224, 3), abstract) / 1e9
+        costs = flops.model_costs(model, (224, 224, 3))
+        params = costs["params"] / 1e6
+        matmul = costs["matmul_macs"] / 1e9
+        xla = costs["xla_macs"] / 1e9
         lines.append(f"| {name} | {params:.2f} | {relative(params, ref_params)} | {matmul:.3f} | "
                      f"{relative(matmul, ref_macs)} | {xla:.3f} | {relative(xla, ref_macs)} |")
         print(lines[-1], flush=True)

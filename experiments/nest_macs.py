@@ -46,10 +46,10 @@ def main():
     for name, config, side, ref_params, ref_macs in ROWS:
         model = models.build(config)
         shape = (side, side, 3)
-        abstract = flops.abstract_variables(model, shape)
-        params = flops.count_params(abstract["params"]) / 1e6
-        matmul = flops.matmul_macs(model, shape, abstract) / 1e9
-        xla = flops.forward_macs(model, shape, abstract) / 1e9
+        costs = flops.model_costs(model, shape)
+        params = costs["params"] / 1e6
+        matmul = costs["matmul_macs"] / 1e9
+        xla = costs["xla_macs"] / 1e9
         extra[name] = xla - matmul
         lines.append(f"| {name} | {side}x{side} | {params:.2f} | {relative(params, ref_params)} | {matmul:.3f} | "
                      f"{relative(matmul, ref_macs)} | {xla:.3f} | {relative(xla, ref_macs)} |")

@@ -33,10 +33,10 @@ def main():
              "|---|---|---|---|---|"]
     for label, kwargs in VARIANTS:
         model = models.build(config_lib.vivit_model("B/16", tubelet_frames=2, num_classes=400, **kwargs))
-        abstract = flops.abstract_variables(model, SHAPE)
-        params = flops.count_params(abstract["params"])
-        dot = flops.matmul_macs(model, SHAPE, abstract) / 1e9
-        xla = flops.forward_macs(model, SHAPE, abstract) / 1e9
+        costs = flops.model_costs(model, SHAPE)
+        params = costs["params"]
+        dot = costs["matmul_macs"] / 1e9
+        xla = costs["xla_macs"] / 1e9
         lines.append(f"| {label} | {params / 1e6:.2f}M | {dot:.1f} | {xla:.1f} | {12 * xla:.0f} |")
         print(lines[-1], flush=True)
     text = "\n".join(lines) + ("\n\nOne view = one clip of 32 frames at 224x224 in 2x16x16 tubelets (16 slices of 196 "

@@ -52,7 +52,21 @@ def test_larger_magnitude_changes_more():
         out = augment.OPS["shear_x"](Image.fromarray(image), level, np.random.default_rng(1))
         return np.abs(np.asarray(out, np.int32) - image).mean()
 
-    assert change(0.2) < change(0.5) < change(1.0)
+    assert change(0.2) < change(0.5) < change(1.0) < change(1.5)
+
+
+def test_magnitudes_past_the_nominal_maximum_extrapolate_every_op():
+    image = photo()
+    for name, op in augment.OPS.items():
+        out = np.asarray(op(Image.fromarray(image), 2.0, np.random.default_rng(0)))  # magnitude 20
+        assert out.shape == image.shape and out.dtype == np.uint8, name
+    # The same generator state draws the same ops and signs at any magnitude (no noise), so only the
+    # strength differs: 15 is not clipped back to 10.
+    def change(magnitude):
+        outs = [augment.rand_augment(image, np.random.default_rng(seed), 2, magnitude) for seed in range(12)]
+        return np.mean([np.abs(out.astype(np.int32) - image).mean() for out in outs])
+
+    assert change(10.0) < change(15.0)
 
 
 def preprocessor(num_ops, natural_images=True):
@@ -77,7 +91,7 @@ def test_preprocessor_applies_it_in_training_only():
     np.testing.assert_array_equal(augmented.eval(image), plain.eval(image))
 
 
-@pytest.mark.parametrize("field, value", [("randaugment_num_ops", -1), ("randaugment_magnitude", 11.0),
+@pytest.mark.parametrize("field, value", [("randaugment_num_ops", -1), ("randaugment_magnitude", 21.0),
                                           ("randaugment_magnitude_std", -0.5)])
 def test_bad_fields_are_rejected(field, value):
     config = data.default_dataset_config()

@@ -443,12 +443,11 @@ def maxvit_imagenet_config(variant: str, *, batch_size: int = 4096) -> ml_collec
     4096 (linear in the batch) with cosine decay to 1e-5 after 10k warmup steps (at 4096; the same number
     of examples at another batch), weight decay 0.05 (not on biases, norm scales and relative bias
     tables), clip 1.0, 300 epochs, EMA of the weights (0.9999), the variant's drop path, label smoothing
-    0.1, mixup 0.8 (no cutmix), RandAugment 2 ops; eval crop 0.95 (timm's maxvit_*_tf_224). The official
-    magnitude 15 is on TF's RandAugment scale, whose nominal maximum is 10 (15 extrapolates past it);
-    ours stops at 10 (data/augment.py), so the recipe uses 10."""
+    0.1, mixup 0.8 (no cutmix), RandAugment 2 ops at magnitude 15 (past the nominal maximum 10, which
+    data/augment.py extrapolates as TF's RandAugment does); eval crop 0.95 (timm's maxvit_*_tf_224)."""
     config = _imagenet_base(train_split="train", normalize="imagenet")
     config.dataset.randaugment_num_ops = 2
-    config.dataset.randaugment_magnitude = 10.0
+    config.dataset.randaugment_magnitude = 15.0
     config.dataset.randaugment_magnitude_std = 0.0
     config.dataset.eval_crop_fraction = 0.95
     config.model = maxvit_model(variant, num_classes=1000)

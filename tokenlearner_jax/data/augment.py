@@ -3,7 +3,9 @@
 
 `rand_augment(image, rng, num_ops, magnitude, magnitude_std)` draws `num_ops` ops uniformly (with
 replacement); each is applied with probability 0.5 at a magnitude drawn from N(magnitude,
-magnitude_std^2) clipped to [0, 10]; level = magnitude / 10. Signed ops (rotations, shears,
+magnitude_std^2) clipped to [0, max(10, magnitude)]; level = magnitude / 10. Magnitudes above the
+nominal maximum 10 (up to 20) extrapolate every op, as TensorFlow's RandAugment does for the
+magnitude 15 of the MaxViT / EfficientNet recipes. Signed ops (rotations, shears,
 translations, enhancements) flip their sign with probability 0.5. At level 1:
   rotate +-30 deg, shear_x/y +-0.3, translate_x/y +-45% of the side, color / contrast / brightness /
   sharpness factor 1 +- 0.9, posterize to 4 bits, solarize above 0, solarize_add +110;
@@ -17,7 +19,8 @@ so an image is augmented identically for the same generator state.
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
-MAX_MAGNITUDE = 10.0
+MAX_MAGNITUDE = 10.0  # the magnitude of level 1
+MAX_EXTRAPOLATED_MAGNITUDE = 20.0
 APPLY_PROB = 0.5
 _FILL = (124, 116, 104)
 
@@ -59,7 +62,7 @@ def _enhance(enhancer):
 
 def _posterize(image, level, rng):
     del rng
-    return ImageOps.posterize(image, 8 - int(round(4 * level)))
+    return ImageOps.posterize(image, max(1, 8 - int(round(4 * level))))
 
 
 def _solarize(image, level, rng):
@@ -110,7 +113,7 @@ def rand_augment(image: np.ndarray, rng: np.random.Generator, num_ops: int, magn
         if rng.random() >= APPLY_PROB:
             continue
         level = magnitude + magnitude_std * rng.standard_normal() if magnitude_std > 0 else magnitude
-        out = OPS[name](out, float(np.clip(level, 0.0, MAX_MAGNITUDE)) / MAX_MAGNITUDE, rng)
+        out = OPS[name](out, float(np.clip(level, 0.0, max(MAX_MAGNITUDE, magnitude))) / MAX_MAGNITUDE, rng)
     return np.asarray(out)
 
 

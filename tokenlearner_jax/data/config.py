@@ -28,6 +28,7 @@ def default_dataset_config() -> ml_collections.ConfigDict:
       randaugment_num_ops: RandAugment ops per training image after `augment`
         (data/augment.py, meant for natural images); 0 turns it off.
       randaugment_magnitude, randaugment_magnitude_std: Op strength in [0, 10]
+        (up to 20 extrapolates past the nominal maximum 10, as TF's RandAugment)
         and its per-op Gaussian noise.
       random_erasing_prob: Probability of erasing one random rectangle (2% to
         1/3 of the area, aspect 0.3 to 3.3) of a normalised training image with
@@ -89,9 +90,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         )
     if config.randaugment_num_ops < 0:
         raise ValueError(f"config.dataset.randaugment_num_ops={config.randaugment_num_ops}: must be >= 0")
-    if not 0.0 <= config.randaugment_magnitude <= 10.0:
+    if not 0.0 <= config.randaugment_magnitude <= 20.0:
         raise ValueError(
-            f"config.dataset.randaugment_magnitude={config.randaugment_magnitude}: must be in [0, 10]"
+            f"config.dataset.randaugment_magnitude={config.randaugment_magnitude}: must be in [0, 20]"
         )
     if config.randaugment_magnitude_std < 0:
         raise ValueError(

@@ -9,16 +9,13 @@ counted (`ImageFolderSplit.num_corrupt`).
 from collections.abc import Sequence
 import dataclasses
 import os
-import threading
 
-from absl import logging
 import ml_collections
 import numpy as np
 from PIL import Image
 
 from tokenlearner_jax.data import registry
-from tokenlearner_jax.data.source import DatasetNotFoundError, DatasetSource
-from tokenlearner_jax.data.source import Example
+from tokenlearner_jax.data.source import DatasetNotFoundError, DatasetSource, Example, FirstReadable, UnreadableFile
 
 EXTENSIONS = (".jpg", ".jpeg", ".png")
 _LAYOUT = (
@@ -48,7 +45,6 @@ class ImageFolderSplit(Sequence):
     """One split; element i is dict(image=uint8 [h, w, 3], label=int)."""
 
     def __init__(self, split_dir: str, classes: Sequence[str], skip_corrupt: bool = True):
-        self._skip_corrupt = skip_corrupt
         class_ids = {name: i for i, name in enumerate(classes)}
         paths, labels = [], []
         for name in _class_dirs(split_dir):
@@ -66,49 +62,26 @@ class ImageFolderSplit(Sequence):
             raise DatasetNotFoundError(f"dataset 'image_folder': no images under {split_dir!r}; {_LAYOUT}")
         self._paths = paths
         self._labels = labels
-        self._corrupt: set[str] = set()
-        self._lock = threading.Lock()
+        self._first_readable = FirstReadable("image_folder", "image", skip_corrupt)
 
     @property
     def num_corrupt(self) -> int:
         """Number of distinct unreadable files met so far."""
-        with self._lock:
-            return len(self._corrupt)
+        return self._first_readable.num_corrupt
 
     def __len__(self) -> int:
         return len(self._paths)
 
-    def _read(self, path: str) -> np.ndarray | None:
+    def _read(self, index: int) -> Example:
+        path = self._paths[index]
         try:
             with Image.open(path) as img:
-                return np.asarray(img.convert("RGB"))
+                return {"image": np.asarray(img.convert("RGB")), "label": self._labels[index]}
         except (OSError, ValueError, Image.DecompressionBombError) as e:
-            if not self._skip_corrupt:
-                raise ValueError(f"image_folder: unreadable image {path} ({e}); set "
-                                 f"config.dataset.skip_corrupt_images=True to skip such files") from e
-            with self._lock:
-                first_time = path not in self._corrupt
-                self._corrupt.add(path)
-                count = len(self._corrupt)
-            if first_time:
-                logging.warning(
-                    "image_folder: skipping unreadable image %s (%s); %d skipped so" " far",
-                    path,
-                    e,
-                    count,
-                )
-            return None
+            raise UnreadableFile(path, str(e)) from e
 
     def __getitem__(self, index: int) -> Example:
-        n = len(self._paths)
-        if not 0 <= index < n:
-            raise IndexError(index)
-        for offset in range(n):
-            j = (index + offset) % n
-            image = self._read(self._paths[j])
-            if image is not None:
-                return {"image": image, "label": self._labels[j]}
-        raise ValueError(f"image_folder: no readable image among {n} files")
+        return self._first_readable(index, len(self._paths), self._read)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,15 +9,70 @@ hands out random-access splits. A split is a sequence whose element `i` is an
 """
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 import dataclasses
+import threading
 from typing import Any
+
+from absl import logging
 
 Example = dict[str, Any]
 
 
 class DatasetNotFoundError(ValueError):
     """The requested dataset is not prepared where the pipeline looked for it."""
+
+
+class UnreadableFile(Exception):
+    """A file of a dataset that cannot be opened or decoded."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path} ({reason})")
+        self.path = path
+
+
+class FirstReadable:
+    """Reads element i of a split of files, or the next readable one (cyclically) when file i cannot be
+    read, so a corrupt file never stops a run: each unreadable path is logged once and counted. With
+    `skip=False` the first unreadable file stops the run, naming it.
+
+    Attributes:
+      dataset: the dataset's name, for messages.
+      kind: what a file holds ('image', 'video'), for messages.
+      skip: skip unreadable files (config.dataset.skip_corrupt_images).
+    """
+
+    def __init__(self, dataset: str, kind: str, skip: bool):
+        self.dataset, self.kind, self.skip = dataset, kind, skip
+        self._corrupt: set[str] = set()
+        self._lock = threading.Lock()
+
+    @property
+    def num_corrupt(self) -> int:
+        """Number of distinct unreadable files met so far."""
+        with self._lock:
+            return len(self._corrupt)
+
+    def __call__(self, index: int, count: int, read: Callable[[int], Any]):
+        """read(j) for j = index, index + 1, ... (mod count): the first that does not raise UnreadableFile."""
+        if not 0 <= index < count:
+            raise IndexError(index)
+        for offset in range(count):
+            j = (index + offset) % count
+            try:
+                return read(j)
+            except UnreadableFile as e:
+                if not self.skip:
+                    raise ValueError(f"{self.dataset}: unreadable {self.kind} {e}; set "
+                                     f"config.dataset.skip_corrupt_images=True to skip such files") from e
+                with self._lock:
+                    first_time = e.path not in self._corrupt
+                    self._corrupt.add(e.path)
+                    skipped = len(self._corrupt)
+                if first_time:
+                    logging.warning("%s: skipping unreadable %s %s; %d skipped so far", self.dataset, self.kind, e,
+                                    skipped)
+        raise ValueError(f"{self.dataset}: no readable {self.kind} among {count} files")
 
 
 @dataclasses.dataclass(frozen=True)

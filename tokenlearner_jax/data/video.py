@@ -29,16 +29,14 @@ import csv
 import dataclasses
 import json
 import os
-import threading
 
 import av
-from absl import logging
 import ml_collections
 import numpy as np
 
 from tokenlearner_jax.data import registry
 from tokenlearner_jax.data.preprocess import Preprocessor, normalize, resize, to_rgb_uint8
-from tokenlearner_jax.data.source import DatasetNotFoundError, DatasetSource, Example
+from tokenlearner_jax.data.source import DatasetNotFoundError, DatasetSource, Example, FirstReadable, UnreadableFile
 
 EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm")
 LAYOUT = (
@@ -50,10 +48,6 @@ LAYOUT = (
     "scripts), then sort them into class folders or write <split>.csv from the annotation files, and set "
     "--config.dataset.data_dir"
 )
-
-
-class UnreadableVideo(Exception):
-    """A video file that cannot be opened or decoded."""
 
 
 def write_video(path: str, frames: np.ndarray, fps: int = 8, codec: str = "libx264", crf: int = 0):
@@ -87,7 +81,7 @@ class DecodedFrames(Sequence):
             try:
                 self._rgb[index] = self._frames[index].to_ndarray(format="rgb24")
             except (av.error.FFmpegError, ValueError) as e:
-                raise UnreadableVideo(f"{self._path}: frame {index}: {e}") from e
+                raise UnreadableFile(self._path, f"frame {index}: {e}") from e
         return self._rgb[index]
 
 
@@ -100,12 +94,12 @@ class VideoFile:
     end: float | None = None
 
     def decode(self) -> DecodedFrames:
-        """All frames of the clip; raises UnreadableVideo when the file cannot be decoded."""
+        """All frames of the clip; raises UnreadableFile when the file cannot be decoded."""
         frames = []
         try:
             with av.open(self.path) as container:
                 if not container.streams.video:
-                    raise UnreadableVideo(f"{self.path}: no video stream")
+                    raise UnreadableFile(self.path, "no video stream")
                 stream = container.streams.video[0]
                 if self.start:
                     container.seek(int(self.start / stream.time_base), stream=stream)  # the keyframe before start
@@ -117,9 +111,9 @@ class VideoFile:
                         break
                     frames.append(frame)
         except (av.error.FFmpegError, OSError, ValueError, EOFError) as e:
-            raise UnreadableVideo(f"{self.path}: {e}") from e
+            raise UnreadableFile(self.path, str(e)) from e
         if not frames:
-            raise UnreadableVideo(f"{self.path}: no frames{'' if self.start is None else ' in the clip'}")
+            raise UnreadableFile(self.path, "no frames" + ("" if self.start is None else " in the clip"))
         return DecodedFrames(frames, self.path)
 
 
@@ -130,16 +124,12 @@ class VideoSplit(Sequence):
                  name: str = "video"):
         self._clips = list(clips)
         self._labels = list(labels)
-        self._skip_corrupt = skip_corrupt
-        self._name = name
-        self._corrupt: set[str] = set()
-        self._lock = threading.Lock()
+        self._first_readable = FirstReadable(name, "video", skip_corrupt)
 
     @property
     def num_corrupt(self) -> int:
         """Number of distinct unreadable files met so far."""
-        with self._lock:
-            return len(self._corrupt)
+        return self._first_readable.num_corrupt
 
     def __len__(self) -> int:
         return len(self._clips)
@@ -152,25 +142,8 @@ class VideoSplit(Sequence):
     def read(self, index: int, fn):
         """(fn(decoded frames), label) of element `index`, or of the next readable file when it
         cannot be decoded (the bad file is logged once and counted)."""
-        n = len(self._clips)
-        if not 0 <= index < n:
-            raise IndexError(index)
-        for offset in range(n):
-            j = (index + offset) % n
-            clip = self._clips[j]
-            try:
-                return fn(clip.decode()), self._labels[j]
-            except UnreadableVideo as e:
-                if not self._skip_corrupt:
-                    raise ValueError(f"{self._name}: unreadable video {e}; set config.dataset.skip_corrupt_images"
-                                     f"=True to skip such files") from e
-                with self._lock:
-                    first_time = clip.path not in self._corrupt
-                    self._corrupt.add(clip.path)
-                    count = len(self._corrupt)
-                if first_time:
-                    logging.warning("%s: skipping unreadable video %s; %d skipped so far", self._name, e, count)
-        raise ValueError(f"{self._name}: no readable video among {n} files")
+        return self._first_readable(index, len(self._clips),
+                                    lambda j: (fn(self._clips[j].decode()), self._labels[j]))
 
 
 def _class_ids(names: Sequence[str]) -> dict[str, int]:

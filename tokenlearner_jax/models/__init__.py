@@ -1,7 +1,7 @@
 """Backbones, one file each, built by name from `config.model` (see registry.py)."""
 
-from tokenlearner_jax.models import nest  # noqa: F401  (registers 'nest')
 from tokenlearner_jax.models import maxvit  # noqa: F401  (registers 'maxvit')
+from tokenlearner_jax.models import nest  # noqa: F401  (registers 'nest')
 from tokenlearner_jax.models import poolformer  # noqa: F401  (registers 'poolformer')
 from tokenlearner_jax.models import vit  # noqa: F401  (registers 'vit')
 from tokenlearner_jax.models import vivit  # noqa: F401  (registers 'vivit')

@@ -40,6 +40,14 @@ def matmul_macs(model, image_shape, abstract_vars=None) -> float:
     return float(_jaxpr_macs(closed.jaxpr))
 
 
+def model_costs(model, image_shape) -> dict:
+    """Parameter count, dot + conv MACs (`matmul_macs`) and XLA's MACs (`forward_macs`) of one forward pass
+    on one input of `image_shape`, from one set of abstract variables (nothing is allocated)."""
+    abstract = abstract_variables(model, image_shape)
+    return {"params": count_params(abstract["params"]), "matmul_macs": matmul_macs(model, image_shape, abstract),
+            "xla_macs": forward_macs(model, image_shape, abstract)}
+
+
 def _jaxpr_macs(jaxpr) -> int:
     total = 0
     for eqn in jaxpr.eqns:

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tokenlearner_jax import config_lib, models
-from tokenlearner_jax.tools import flops
+from tokenlearner_jax.models import flops
 
 MODELS = [("ViT-B/16", None, None)] + [
     (f"TL B/16, {tokens} tokens at {name}", location, tokens)

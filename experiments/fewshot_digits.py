@@ -25,7 +25,8 @@ sys.path.insert(0, ROOT)
 from configs import quickstart  # noqa: E402  pylint: disable=wrong-import-position
 from tokenlearner_jax import data  # noqa: E402  pylint: disable=wrong-import-position
 from tokenlearner_jax.evaluate.fewshot_evaluator import FewShotEvaluator  # noqa: E402
-from tokenlearner_jax.train import init_from, trainer  # noqa: E402  pylint: disable=wrong-import-position
+from tokenlearner_jax.weights import init_from  # noqa: E402
+from tokenlearner_jax.train import trainer  # noqa: E402  pylint: disable=wrong-import-position
 
 SHOTS = (1, 5, 10, 25)
 

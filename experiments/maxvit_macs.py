@@ -14,7 +14,7 @@ import os
 import jax
 
 from tokenlearner_jax import config_lib, models
-from tokenlearner_jax.tools import flops
+from tokenlearner_jax.models import flops
 
 # name -> (model config, published params M, published GMACs); None where the sheet has no figure.
 ROWS = [(f"MaxViT-{v}", config_lib.maxvit_model(v), params, macs) for v, params, macs in (

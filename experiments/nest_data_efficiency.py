@@ -27,7 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import ml_collections  # noqa: E402
 
 from tokenlearner_jax import models  # noqa: E402
-from tokenlearner_jax.tools import flops  # noqa: E402
+from tokenlearner_jax.models import flops  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = (("NesT", "configs/nest_digits.py"), ("ViT", "configs/nest_digits.py:vit"))

@@ -15,7 +15,7 @@ import os
 import jax
 
 from tokenlearner_jax import config_lib, models
-from tokenlearner_jax.tools import flops
+from tokenlearner_jax.models import flops
 
 # name -> (model config, image side, published params M, published GMACs); None where the sheet has no figure.
 ROWS = [(f"NesT-{v}", config_lib.nest_model(v), 224, params, macs)

@@ -20,7 +20,7 @@ import time
 import ml_collections
 
 from tokenlearner_jax import models
-from tokenlearner_jax.tools import flops
+from tokenlearner_jax.models import flops
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = [

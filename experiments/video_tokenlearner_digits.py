@@ -7,7 +7,7 @@ runs it (ViViT with TokenLearner learning 8 tokens per temporal slice before lay
 same config with `--config.model.token_learner.enabled=False` (the plain ViViT), both at once unless
 --sequential. Reads each run's metrics.jsonl (eval top-1 on the 1,440 test clips at every evaluation,
 the parameter count and the XLA-counted GMACs logged by the trainer), adds the dot + conv MACs of the
-traced forward pass (tools/flops.matmul_macs), the wall time and the CPU time of each command, and
+traced forward pass (models/flops.matmul_macs), the wall time and the CPU time of each command, and
 writes experiments/results/video_tokenlearner_digits.md. The first row is the video quickstart's
 result quoted in the README.
 """
@@ -34,7 +34,7 @@ def _flags(overrides: dict) -> list:
 
 def _matmul_mmacs(overrides: dict) -> float:
     from tokenlearner_jax import models  # pylint: disable=import-outside-toplevel
-    from tokenlearner_jax.tools import flops  # pylint: disable=import-outside-toplevel
+    from tokenlearner_jax.models import flops  # pylint: disable=import-outside-toplevel
 
     spec = importlib.util.spec_from_file_location("config", os.path.join(ROOT, CONFIG))
     module = importlib.util.module_from_spec(spec)

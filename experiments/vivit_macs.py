@@ -5,7 +5,7 @@ with and without TokenLearner, joint and factorised encoders.
 
 Counts on abstract shapes (nothing is allocated or run): parameters with jax.eval_shape, MACs per view
 (one 32-frame clip) as XLA's cost analysis of the compiled forward pass and as the dot + conv MACs of
-the traced program (tools/flops.py). Writes experiments/results/vivit_macs.md.
+the traced program (models/flops.py). Writes experiments/results/vivit_macs.md.
 """
 
 import os
@@ -15,7 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from tokenlearner_jax import config_lib, models  # noqa: E402  pylint: disable=wrong-import-position
-from tokenlearner_jax.tools import flops  # noqa: E402  pylint: disable=wrong-import-position
+from tokenlearner_jax.models import flops  # noqa: E402  pylint: disable=wrong-import-position
 
 SHAPE = (32, 224, 224, 3)
 VARIANTS = (

@@ -18,8 +18,8 @@ import pytest
 from conftest import ROOT, run_python
 from test_trainer import final_params
 from tokenlearner_jax import config_lib, models
-from tokenlearner_jax.tools.weights import vit as vit_weights
-from tokenlearner_jax.train import init_from
+from tokenlearner_jax.weights import vit as vit_weights
+from tokenlearner_jax.weights import init_from
 
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 SAFETENSORS = os.path.join(FIXTURES, "vit_tiny_token.safetensors")

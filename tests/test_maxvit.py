@@ -11,7 +11,7 @@ import pytest
 from tokenlearner_jax import config_lib, models
 from tokenlearner_jax.data import DatasetInfo
 from tokenlearner_jax.layers import relative_position
-from tokenlearner_jax.tools import flops
+from tokenlearner_jax.models import flops
 from tokenlearner_jax.train import trainer
 
 

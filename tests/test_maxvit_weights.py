@@ -1,4 +1,4 @@
-"""timm MaxViT weights (tools/weights/maxvit.py): parity with timm's eval-mode and train-mode logits on
+"""timm MaxViT weights (weights/maxvit.py): parity with timm's eval-mode and train-mode logits on
 committed fixtures (experiments/make_maxvit_fixtures.py), BatchNorm statistics and momentum, the
 full-size maxvit_tiny_tf_224 / _384 layouts, a 224 checkpoint loaded into a window-12 model, and
 every refusal."""
@@ -14,9 +14,10 @@ from flax import traverse_util
 
 from conftest import ROOT
 from tokenlearner_jax import config_lib, convert, models
-from tokenlearner_jax.tools import flops, weights
-from tokenlearner_jax.tools.weights import maxvit as maxvit_weights
-from tokenlearner_jax.train import init_from
+from tokenlearner_jax import weights
+from tokenlearner_jax.models import flops
+from tokenlearner_jax.weights import maxvit as maxvit_weights
+from tokenlearner_jax.weights import init_from
 
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 

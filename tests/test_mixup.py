@@ -1,4 +1,4 @@
-"""Mixup / CutMix (train/mixup.py) and their hook in the train step."""
+"""Mixup / CutMix (tasks/mixup.py) and their hook in the train step."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from tokenlearner_jax import config_lib
-from tokenlearner_jax.train import losses, mixup, trainer
+from tokenlearner_jax.tasks import losses, mixup
+from tokenlearner_jax.train import trainer
 
 
 def mix_config(**overrides):

@@ -16,8 +16,8 @@ from conftest import ROOT
 from tokenlearner_jax import config_lib, models
 from tokenlearner_jax.layers.attention import MultiHeadAttention
 from tokenlearner_jax.models import nest
-from tokenlearner_jax.tools import flops
-from tokenlearner_jax.train import optimizer
+from tokenlearner_jax.models import flops
+from tokenlearner_jax.tasks import optimizer
 
 # ../shared/reference/models.md: params (M) and GMACs at 224, 1000 classes.
 PUBLISHED = {"T": (17.06, 5.83), "S": (38.35, 10.35), "B": (67.72, 17.96)}

@@ -1,4 +1,4 @@
-"""timm NesT weights (tools/weights/nest.py): parity with timm's logits on committed fixtures
+"""timm NesT weights (weights/nest.py): parity with timm's logits on committed fixtures
 (experiments/make_nest_fixtures.py) under both max-pool paddings, through the converter's reconcile
 step, the full-size nest_*_jx layouts, TokenLearner added to timm's weights, and every refusal."""
 
@@ -12,9 +12,10 @@ from flax import traverse_util
 
 from conftest import ROOT
 from tokenlearner_jax import config_lib, convert, models
-from tokenlearner_jax.tools import flops, weights
-from tokenlearner_jax.tools.weights import nest as nest_weights
-from tokenlearner_jax.train import init_from
+from tokenlearner_jax import weights
+from tokenlearner_jax.models import flops
+from tokenlearner_jax.weights import nest as nest_weights
+from tokenlearner_jax.weights import init_from
 
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 SAFETENSORS = os.path.join(FIXTURES, "nest_tiny.safetensors")

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from tokenlearner_jax import config_lib, data
-from tokenlearner_jax.train import losses, optimizer, trainer
+from tokenlearner_jax.tasks import losses, optimizer
+from tokenlearner_jax.train import trainer
 
 
 def opt_config(**overrides):

@@ -10,7 +10,7 @@ import pytest
 
 from tokenlearner_jax import config_lib, models
 from tokenlearner_jax.layers.attention import DropPath
-from tokenlearner_jax.tools import flops
+from tokenlearner_jax.models import flops
 
 # ../shared/reference/models.md (timm's counts, 1000 classes) and GMACs at 224.
 PUBLISHED = {"S12": (11.92, 1.82), "S24": (21.39, 3.41), "S36": (30.86, 5.00), "M36": (56.17, 8.80),

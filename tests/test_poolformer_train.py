@@ -10,8 +10,9 @@ from flax import traverse_util
 
 from conftest import ROOT, run_python
 from tokenlearner_jax import config_lib, models
-from tokenlearner_jax.tools import flops
-from tokenlearner_jax.train import metrics_log, optimizer, trainer
+from tokenlearner_jax.models import flops
+from tokenlearner_jax.tasks import optimizer
+from tokenlearner_jax.train import metrics_log, trainer
 
 VARIANTS = {"s12": (0.1, 1e-5, 0.9), "s24": (0.1, 1e-5, 0.9), "s36": (0.2, 1e-6, 0.9), "m36": (0.3, 1e-6, 0.95),
             "m48": (0.4, 1e-6, 0.95)}

@@ -1,4 +1,4 @@
-"""timm PoolFormer weights (tools/weights/poolformer.py): parity with timm's logits on committed fixtures
+"""timm PoolFormer weights (weights/poolformer.py): parity with timm's logits on committed fixtures
 (experiments/make_poolformer_fixtures.py), directly and through the converter's reconcile step, the
 full-size poolformer_s12 layout, TokenLearner added to timm's weights, and every refusal."""
 
@@ -12,9 +12,10 @@ from flax import traverse_util
 
 from conftest import ROOT
 from tokenlearner_jax import config_lib, convert, models
-from tokenlearner_jax.tools import flops, weights
-from tokenlearner_jax.tools.weights import poolformer as poolformer_weights
-from tokenlearner_jax.train import init_from
+from tokenlearner_jax import weights
+from tokenlearner_jax.models import flops
+from tokenlearner_jax.weights import poolformer as poolformer_weights
+from tokenlearner_jax.weights import init_from
 
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 

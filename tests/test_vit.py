@@ -9,7 +9,7 @@ import pytest
 
 from tokenlearner_jax import config_lib, models
 from tokenlearner_jax.models import vit
-from tokenlearner_jax.tools import flops
+from tokenlearner_jax.models import flops
 
 # ../shared/reference/models.md (timm's counts, 1000 classes, class token).
 PUBLISHED_PARAMS_M = {"S/16": 22.05, "B/16": 86.57, "B/32": 88.22, "L/16": 304.33}

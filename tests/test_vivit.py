@@ -14,7 +14,8 @@ import pytest
 from conftest import ROOT, run_python
 from tokenlearner_jax import config_lib, models
 from tokenlearner_jax.layers import PatchEmbedding
-from tokenlearner_jax.train import init_from, metrics_log
+from tokenlearner_jax.train import metrics_log
+from tokenlearner_jax.weights import init_from
 
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 TOKEN_2D = os.path.join(FIXTURES, "vit_tiny_token.safetensors")  # timm ViT, width 32, depth 2, patch 4, 16x16

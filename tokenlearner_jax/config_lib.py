@@ -152,7 +152,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     config.loss = "softmax_xent"  # or 'sigmoid_xent' (multi-label, JFT-style)
     config.label_smoothing = 0.0
-    # Mixup / CutMix on device in the train step (train/mixup.py); off while both alphas are 0.
+    # Mixup / CutMix on device in the train step (tasks/mixup.py); off while both alphas are 0.
     config.mixup = ml_collections.ConfigDict(dict(mixup_alpha=0.0, cutmix_alpha=0.0, switch_prob=0.5, prob=1.0))
     # Exponential moving average of the parameters, kept in the train state (checkpointed) and evaluated
     # beside them as eval_ema/*; decay 0 turns it off. dynamic_decay: min(decay, (1 + step) / (10 + step)).
@@ -176,7 +176,7 @@ def base_config() -> ml_collections.ConfigDict:
     # (the update is not applied) and counted as train/skipped_steps.
     config.skip_nonfinite_steps = False
 
-    # Start a fresh run from a checkpoint (train/init_from.py): '' trains from scratch; otherwise a workdir
+    # Start a fresh run from a checkpoint (weights/init_from.py): '' trains from scratch; otherwise a workdir
     # of ours or the output of `python -m tokenlearner_jax.convert`, a vit_jax / big_vision .npz, or a
     # timm .safetensors. Patterns are regexes on parameter names such as 'head/kernel'.
     config.init_from = ml_collections.ConfigDict(dict(
@@ -185,7 +185,7 @@ def base_config() -> ml_collections.ConfigDict:
         exclude=(),  # parameters that start fresh; matching source parameters are ignored
         fresh_if_missing=(r"(^|/)token_learner", r"(^|/)token_fuser"),  # may be absent from the source
         reinit_if_shape_differs=(r"^head/",),  # re-initialised when the shapes differ (number of classes)
-        # A 2D patch kernel loaded into a 3D (tubelet) one (train/inflate.py): 'central_frame' (the 2D kernel
+        # A 2D patch kernel loaded into a 3D (tubelet) one (weights/inflate.py): 'central_frame' (the 2D kernel
         # at the middle frame, zeros elsewhere) or 'filter' (repeated over the frames, divided by their number).
         inflate="central_frame",
     ))

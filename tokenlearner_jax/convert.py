@@ -4,7 +4,7 @@
       [--config.model.classifier=token ...]
 
 The source is a timm .safetensors file, a vit_jax / big_vision .npz (read through
-`tools/weights/<config.model.name>.py`) or one of our checkpoint directories. The result is reconciled
+`weights/<config.model.name>.py`) or one of our checkpoint directories. The result is reconciled
 with the model of the config exactly as `config.init_from` does at the start of a run (position
 embeddings resampled to config.dataset.image_size, patterns of config.init_from), and strictly: every
 source parameter must be used and every target parameter filled, except those config.init_from lists
@@ -27,7 +27,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from tokenlearner_jax import config_lib, models
-from tokenlearner_jax.train import init_from
+from tokenlearner_jax.weights import init_from
 
 FLAGS = flags.FLAGS
 

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tokenlearner_jax.train import losses
+from tokenlearner_jax.tasks import losses
 
 
 def eval_metrics(logits, labels, mask, *, loss_name: str):

@@ -9,7 +9,7 @@ query, i.e. a table `[heads, 2*window - 1, 2*window - 1]` (MaxViT's layout, also
 
 Fine-tuning at another resolution changes the window (7 at 224, 12 at 384, 16 at 512 for MaxViT);
 `resize_table` carries a table over by bilinear interpolation of the offset grid, as MaxViT does
-(tf.image.resize, half-pixel centres). `TABLE_PATTERN` names such tables for train/init_from.py.
+(tf.image.resize, half-pixel centres). `TABLE_PATTERN` names such tables for weights/init_from.py.
 """
 
 import flax.linen as nn

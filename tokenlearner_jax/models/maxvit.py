@@ -1,7 +1,7 @@
 """MaxViT (arXiv 2204.01697): MBConv, then block attention in local windows, then grid attention on a
 dilated global grid, in every block of four stages; optionally TokenLearner in one stage.
 
-Layout (the official TF code, and timm's `maxvit_*_tf_*` port whose weights tools/weights/maxvit.py reads):
+Layout (the official TF code, and timm's `maxvit_*_tf_*` port whose weights weights/maxvit.py reads):
 - stem: conv 3x3 stride 2 (+ bias) -> BatchNorm -> GELU -> conv 3x3 stride 1 (+ bias);
 - MBConv: shortcut = x, or avg-pool 2x2 (+ a 1x1 conv when the width changes) in a stage's first
   block; x -> BatchNorm (pre-norm, no activation) -> 1x1 conv to 4 x the output width (no bias) -> BN

@@ -24,10 +24,11 @@ from jax.experimental import multihost_utils
 from tokenlearner_jax import config_lib, data, models
 from tokenlearner_jax.evaluate import classification
 from tokenlearner_jax.evaluate.fewshot_evaluator import FewShotEvaluator
-from tokenlearner_jax.tools import flops
+from tokenlearner_jax.models import flops
 from tokenlearner_jax.train import checkpoint as checkpoint_lib
-from tokenlearner_jax.train import init_from
-from tokenlearner_jax.train import losses, mesh as mesh_lib, mixup, optimizer as optimizer_lib, preemption
+from tokenlearner_jax.weights import init_from
+from tokenlearner_jax.tasks import losses, mixup, optimizer as optimizer_lib
+from tokenlearner_jax.train import mesh as mesh_lib, preemption
 from tokenlearner_jax.train.metrics_log import MetricsLog
 
 

@@ -1,6 +1,6 @@
 """2D -> 3D initialisation of ViViT's tubelet embedding from a 2D ViT (arXiv 2103.15691, section 3.4).
 
-`train/init_from.py` calls `inflate_kernel` when a source kernel `[ph, pw, in, out]` meets a target
+`weights/init_from.py` calls `inflate_kernel` when a source kernel `[ph, pw, in, out]` meets a target
 `[t, ph, pw, in, out]` (`config.init_from.inflate`):
 - 'central_frame': the 2D kernel at the middle frame index t // 2, zeros elsewhere, so a tubelet is
   embedded as the 2D patch embedding of its middle frame.

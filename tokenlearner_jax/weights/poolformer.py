@@ -10,12 +10,12 @@ timm's head pools first and then normalises the pooled `[batch, channels]` vecto
 (eps 1e-6), where the paper's code normalises the grid with a GroupNorm before pooling. The same
 scale and bias serve both, but only the former reproduces timm's outputs, so the model config must
 say `head_norm='pooled_layer_norm'`. Parameters of our model that timm's PoolFormer lacks (TokenLearner,
-the weights of other token mixers) are not produced here: `train/init_from.py` initialises them fresh
+the weights of other token mixers) are not produced here: `weights/init_from.py` initialises them fresh
 where `config.init_from.fresh_if_missing` allows it, e.g. `('token_learner',)`.
 """
 
 from tokenlearner_jax.models import poolformer
-from tokenlearner_jax.tools.weights import TensorTaker
+from tokenlearner_jax.weights import TensorTaker
 
 SOURCE = "timm PoolFormer safetensors"
 

@@ -16,7 +16,7 @@ attn.qkv, attn.rel_pos.relative_position_bias_table, attn.proj, norm2, mlp.fc1, 
   kernel `[heads, head_dim, width]`;
 - relative_position_bias_table `[heads, 2w-1, 2w-1]` -> relative_position_bias/table, resized by 2D
   bilinear interpolation when the model's window or grid differs from the checkpoint's
-  (layers/relative_position.resize_table; the same happens in train/init_from.py's reconcile).
+  (layers/relative_position.resize_table; the same happens in weights/init_from.py's reconcile).
 
 Parameters of our model that timm's MaxViT lacks (TokenLearner) are not produced here;
 `config.init_from.fresh_if_missing` initialises them fresh.
@@ -24,7 +24,7 @@ Parameters of our model that timm's MaxViT lacks (TokenLearner) are not produced
 
 from tokenlearner_jax.layers.relative_position import resize_table
 from tokenlearner_jax.models import maxvit
-from tokenlearner_jax.tools.weights import TensorTaker
+from tokenlearner_jax.weights import TensorTaker
 
 SOURCE = "timm MaxViT safetensors"
 

@@ -6,7 +6,7 @@ Our layout is vit_jax's: query/key/value kernels `[width, heads, head_dim]`, out
 timm (torch layout): Linear weights are `[out, in]` (transposed here), the patch conv is
 `[width, channels, ph, pw]`, and attention keeps q, k, v in one fused `qkv` Linear `[3 * width, width]`
 (split here). `pos_embed` includes the class-token row unless the model was built with
-`no_embed_class`; `train/init_from.py` reconciles either with the target.
+`no_embed_class`; `weights/init_from.py` reconciles either with the target.
 
 npz: vit_jax checkpoints name blocks `Transformer/encoderblock_{i}/{LayerNorm_0, MultiHeadDotProductAttention_1,
 LayerNorm_2, MlpBlock_3}` and keep the position embedding (class-token row first) under
@@ -20,7 +20,7 @@ import logging
 import re
 
 from tokenlearner_jax import models
-from tokenlearner_jax.tools.weights import TensorTaker
+from tokenlearner_jax.weights import TensorTaker
 
 NPZ_PREFIXES = ("", "opt/target/", "params/", "params/img/")
 

@@ -1,11 +1,11 @@
 """Weight maps from published checkpoints to our parameter trees, one module per backbone.
 
-`tools/weights/<config.model.name>.py` exposes some of
+`weights/<config.model.name>.py` exposes some of
   from_safetensors(tensors: dict[str, np.ndarray], model_config) -> {'params': ..., 'batch_stats': ...}
   from_npz(arrays: dict[str, np.ndarray], model_config) -> {'params': ...}
 each returning nested dicts of arrays named like the Flax module's variables, and raising ValueError
 when a source tensor is left unused. The maps use only array methods (`.transpose`, `.reshape`,
-slicing), so they also run under `jax.eval_shape` on shapes alone. `train/init_from.py` and
+slicing), so they also run under `jax.eval_shape` on shapes alone. `weights/init_from.py` and
 `tokenlearner_jax.convert` pick the module by name with `for_model`.
 """
 
@@ -21,7 +21,7 @@ def for_model(model_name: str) -> ModuleType:
     except ModuleNotFoundError as e:
         if e.name != module_name:
             raise
-        raise ValueError(f"no weight map for model {model_name!r}: expected tokenlearner_jax/tools/weights/"
+        raise ValueError(f"no weight map for model {model_name!r}: expected tokenlearner_jax/weights/"
                          f"{model_name}.py") from e
 
 

@@ -18,11 +18,11 @@ the target has no class token, or added as zeros when the source has none (the l
 a square number of positions has no class-token row). Relative position bias tables (names ending in
 'relative_position_bias/table', `[heads, 2w-1, 2w-1]`, MaxViT) are resized to the target's window by
 2D bilinear interpolation (layers/relative_position.resize_table). A 2D patch kernel meeting a 3D tubelet
-kernel (a 2D ViT into ViViT) is inflated over time by `config.init_from.inflate` (train/inflate.py). Any
+kernel (a 2D ViT into ViViT) is inflated over time by `config.init_from.inflate` (weights/inflate.py). Any
 other difference is an error naming the parameter and both shapes; so is a source parameter with no
 target, or a target parameter with no source, unless a pattern above covers it. Every decision is logged and written to
 `<workdir>/init_from.json`. Npz and safetensors files are read through the backbone's weight map,
-`tools/weights/<config.model.name>.py`; nothing is unpickled.
+`weights/<config.model.name>.py`; nothing is unpickled.
 """
 
 import dataclasses
@@ -39,8 +39,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from tokenlearner_jax.layers import relative_position
-from tokenlearner_jax.train import inflate
-from tokenlearner_jax.tools import weights
+from tokenlearner_jax.weights import inflate
+from tokenlearner_jax import weights
 
 POSEMB_PATTERN = r"(^|/)pos_embedding$"
 

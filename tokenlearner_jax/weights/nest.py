@@ -17,7 +17,7 @@ start fresh where `config.init_from.fresh_if_missing` allows it.
 """
 
 from tokenlearner_jax.models import nest
-from tokenlearner_jax.tools.weights import TensorTaker
+from tokenlearner_jax.weights import TensorTaker
 
 SOURCE = "timm NesT safetensors"
 

@@ -1,1 +1,0 @@
-"""Command-line tools and reports: FLOPs, weight conversion, pictures."""

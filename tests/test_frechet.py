@@ -118,7 +118,8 @@ def test_classifier_network_reads_the_checkpoint_and_gives_the_models_pre_logits
     network = frechet.network_from_config(ml_collections.ConfigDict(dict(network="classifier", path=str(tmp_path))))
     assert network.dim == 24 and "step 7" in network.name and "nest" in network.name
     images = jax.random.uniform(jax.random.key(1), (4, 8, 8, 3), minval=-1.0, maxval=1.0)
-    _, state = model.apply({"params": params}, (images + 1.0) / 2.0, train=False, mutable=["intermediates"])
+    _, state = jax.jit(lambda x: model.apply({"params": params}, x, train=False, mutable=["intermediates"]))(
+        (images + 1.0) / 2.0)
     expected = state["intermediates"]["pre_logits"][0]
     np.testing.assert_allclose(np.asarray(jax.jit(network.apply)(images)), np.asarray(expected), atol=1e-5)
     # Other image sizes are resized to the classifier's.

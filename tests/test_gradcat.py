@@ -91,21 +91,30 @@ def test_each_class_leads_to_its_own_leaf(objective, child_scores):
         assert path.target == int(np.argmax(logit_row)) and path.blocks[-1] == leaves[path.target]
 
 
-def tiny_nest(image_size=16):
+@functools.cache
+def tiny_nest():
+    """A 3-level NesT on 16x16 images: patches of 2, grids 8x8, 4x4, 2x2 (block side 2)."""
     config = config_lib.nest_model("T", num_classes=5)
     config.update(dims=(8, 16, 16), num_heads=(2, 2, 2), depths=(1, 1, 1), patch_size=2, drop_path_rate=0.0)
     model = models.build(config)
-    variables = meta.unbox(jax.jit(lambda: model.init(jax.random.key(0), jnp.zeros((1, image_size, image_size, 3)),
-                                                      train=False))())
+    variables = meta.unbox(jax.jit(lambda: model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)), train=False))())
     return model, variables
 
 
-def test_nest_level_gradients_match_the_head_analytically_and_finite_differences():
+@functools.cache
+def nest_run():
+    """(images, targets, level_features_and_gradients' result per objective) of the tiny NesT."""
     model, variables = tiny_nest()
     images = jax.random.normal(jax.random.key(2), (3, 16, 16, 3))
     targets = jnp.array([0, 3, 4])
     run = jax.jit(functools.partial(gradcat.level_features_and_gradients, model), static_argnames="objective")
-    logits, chosen, features, grads = run(variables, images, targets, objective="logit")
+    return images, targets, {o: run(variables, images, targets, objective=o) for o in gradcat.OBJECTIVES}
+
+
+def test_nest_level_gradients_match_the_head_analytically_and_finite_differences():
+    model, variables = tiny_nest()
+    images, targets, results = nest_run()
+    logits, chosen, features, grads = results["logit"]
     assert [f.shape for f in features] == [(3, 8, 8, 8), (3, 4, 4, 16), (3, 2, 2, 16)]
     np.testing.assert_array_equal(chosen, targets)
     np.testing.assert_allclose(logits, jax.jit(lambda v, x: model.apply(v, x))(variables, images), atol=1e-5)
@@ -116,37 +125,43 @@ def test_nest_level_gradients_match_the_head_analytically_and_finite_differences
         norm = nn.LayerNorm(epsilon=1e-6).apply({"params": params["head_norm"]}, top)
         return jnp.mean(norm, axis=(1, 2)) @ params["head"]["kernel"] + params["head"]["bias"]
 
-    top_grad = jax.grad(lambda a: jnp.sum(jnp.take_along_axis(head(a), targets[:, None], 1)))(features[2])
-    np.testing.assert_allclose(grads[2], top_grad, rtol=1e-4, atol=1e-6)
+    # Gradient of every class's logit with respect to the top grid: [classes, batch, 2, 2, width].
+    per_class = jax.jit(lambda a: jnp.stack([jax.grad(lambda a, k=k: jnp.sum(head(a)[:, k]))(a) for k in range(5)]))(
+        features[2])
+    batch = np.arange(3)
+    np.testing.assert_allclose(grads[2], per_class[targets, batch], rtol=1e-4, atol=1e-6)
+    # log_softmax: the target logit's gradient minus the probability-weighted gradients of every logit.
+    probabilities = jax.nn.softmax(logits)
+    expected = per_class[targets, batch] - jnp.einsum("bk,kbhwc->bhwc", probabilities, per_class)
+    np.testing.assert_allclose(results["log_softmax"][3][2], expected, rtol=1e-4, atol=1e-6)
 
     # Level 0 by central differences through the whole model (a delta added to one feature of image 1).
     eps, index = 1e-2, (1, 5, 2, 3)
 
+    @jax.jit
     def logit_with(delta):
         zeros = {f"level_{i}": jnp.zeros_like(f) for i, f in enumerate(features)}
         zeros["level_0"] = zeros["level_0"].at[index].set(delta)
         return gradcat._apply_with_levels(model, variables, images, zeros)[0][1, 3]
 
-    difference = (jax.jit(logit_with)(eps) - jax.jit(logit_with)(-eps)) / (2 * eps)
+    difference = (logit_with(eps) - logit_with(-eps)) / (2 * eps)
     np.testing.assert_allclose(difference, grads[0][index], rtol=2e-2, atol=1e-4)
-    # log_softmax: the gradient is the logit's minus the probability-weighted gradients of every logit.
-    _, _, _, log_grads = run(variables, images, targets, objective="log_softmax")
-    assert not np.allclose(log_grads[2], grads[2])
 
 
 def test_nest_traversal_boxes_are_nested_halves_in_image_pixels():
-    model, variables = tiny_nest(image_size=32)
-    images = jax.random.normal(jax.random.key(3), (2, 32, 32, 3))
-    logits, paths = gradcat.gradcat(model, variables, images)
-    for logit_row, path in zip(logits, paths):
-        assert path.target == int(np.argmax(logit_row))
-        np.testing.assert_array_equal(path.boxes[0], [0, 0, 32, 32])  # top grid 4x4 = one block of side 4
-        for parent, child in zip(path.boxes[:-1], path.boxes[1:]):
-            assert child[0] >= parent[0] and child[1] >= parent[1] and child[2] <= parent[2] and child[3] <= parent[3]
-            assert child[2] - child[0] == (parent[2] - parent[0]) // 2
-        # Leaf: a 4x4 block of 2x2 patches = 8x8 pixels, the block index matching its place.
-        top, left = path.boxes[-1][:2]
-        assert path.boxes[-1][2] - top == 8 and path.blocks[-1] == (top // 8) * 4 + left // 8
+    images, targets, results = nest_run()
+    _, chosen, features, grads = results["logit"]
+    for child_scores in gradcat.CHILD_SCORES:
+        paths = gradcat.traverse(gradcat.score_maps(features, grads), (16, 16), chosen, child_scores)
+        for target, path in zip(targets, paths):
+            assert path.target == int(target)
+            np.testing.assert_array_equal(path.boxes[0], [0, 0, 16, 16])  # top grid 2x2 = one block of side 2
+            for parent, child in zip(path.boxes[:-1], path.boxes[1:]):
+                assert (child[:2] >= parent[:2]).all() and (child[2:] <= parent[2:]).all()
+                assert child[2] - child[0] == (parent[2] - parent[0]) // 2
+            # Leaf: a 2x2 block of 2x2-pixel patches, the block index matching its place among 4x4 blocks.
+            top, left = path.boxes[-1][:2]
+            assert path.boxes[-1][2] - top == 4 and path.blocks[-1] == (top // 4) * 4 + left // 4
 
 
 def test_cam_mean_over_positions_is_the_logit_of_the_class():
@@ -154,10 +169,12 @@ def test_cam_mean_over_positions_is_the_logit_of_the_class():
     images = jax.random.normal(jax.random.key(4), (3, 16, 16, 3))
     logits, state = jax.jit(lambda v, x: model.apply(v, x, mutable=["intermediates"]))(variables, images)
     classes = np.array([2, 0, 4])
-    cams = gradcat.class_activation_maps(state["intermediates"]["feature_map"][0], variables["params"]["head"]["kernel"],
-                                         variables["params"]["head"]["bias"], classes)
+    params = variables["params"]
+    cams = gradcat.class_activation_maps(state["intermediates"]["feature_map"][0], params["head"]["kernel"],
+                                         params["head"]["bias"], classes)
     assert cams.shape == (3, 2, 2)
-    np.testing.assert_allclose(cams.mean(axis=(1, 2)), np.asarray(logits)[np.arange(3), classes], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(cams.mean(axis=(1, 2)), np.asarray(logits)[np.arange(3), classes], rtol=1e-5,
+                               atol=1e-5)
 
 
 def test_grids_that_do_not_form_a_tree_are_refused():

@@ -28,5 +28,19 @@ setuptools.setup(
         "safetensors>=0.4,<1",
         "av>=12",
     ],
-    extras_require={"test": ["pytest>=8"]},
+    extras_require={
+        "test": ["pytest>=8"],
+        # An accelerator's JAX on top of the CPU install: `pip install -e ".[cuda]"` (NVIDIA GPU, CUDA 12
+        # wheels), ".[cuda13]" (CUDA 13), or ".[tpu]" (Cloud TPU VMs). JAX checks versions at import.
+        "cuda": ["jax[cuda12]>=0.7,<0.11"],
+        "cuda13": ["jax[cuda13]>=0.7,<0.11"],
+        "tpu": ["jax[tpu]>=0.7,<0.11"],
+    },
+    entry_points={"console_scripts": [
+        "tokenlearner-train = tokenlearner_jax.main:run",
+        "tokenlearner-convert = tokenlearner_jax.convert:run",
+        "tokenlearner-visualize = tokenlearner_jax.visualize:run",
+        "tokenlearner-sweep = tokenlearner_jax.sweep:main",
+        "tokenlearner-launch = tokenlearner_jax.launch:main",
+    ]},
 )

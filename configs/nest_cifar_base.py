@@ -1,5 +1,5 @@
 """NesT-B for CIFAR (32x32, patch 1, four levels of three layers, multi-query attention) with NesT's
-recipe (config_lib.nest_cifar_config).
+recipe.
 
   python main.py --config=configs/nest_cifar_base.py --workdir=runs/nest_cifar_base
   python main.py --config=configs/nest_cifar_base.py:cifar100 ...   (CIFAR-100)
@@ -9,11 +9,37 @@ batch / 256 at batch 1024, cosine, 5 warmup epochs, 300 epochs, weight decay 0.0
 position embeddings, RandAugment 2 ops m9, random erasing 0.25, mixup 0.8 / cutmix 1.0, label smoothing
 0.1, drop path 0.1, random shifts of up to 4 pixels.
 Expected: about 97.20% top-1 on CIFAR-10 from scratch (the paper's figure; not reproduced here). Needs
-cifar10 prepared with TFDS in array_record format (see the README).
+cifar10 prepared with TFDS in array_record format (docs/data.md).
 """
 
-from tokenlearner_jax import config_lib
+from tokenlearner_jax import models, recipes
+
+CLASSES = {"cifar10": 10, "cifar100": 100}
 
 
 def get_config(arg=None):
-    return config_lib.nest_cifar_config("cifar_B", dataset=arg or "cifar10")
+    name = arg or "cifar10"
+    if name not in CLASSES:
+        raise ValueError(f"configs/nest_cifar_base.py:{arg}: expected 'cifar10' or 'cifar100'")
+    batch = 1024
+    config = recipes.base("classification")
+    config.dataset = recipes.dataset(
+        name=name, image_size=32, train_split="train", eval_split="test", augment="shift", shift_pixels=4,
+        randaugment_num_ops=2, randaugment_magnitude=9.0, randaugment_magnitude_std=0.5, random_erasing_prob=0.25,
+        eval_crop_fraction=1.0, normalize="imagenet", num_workers=8)
+    config.model = models.config("nest", variant="cifar_B", num_classes=CLASSES[name])  # the variant's drop path
+
+    config.loss = "softmax_xent"
+    config.label_smoothing = 0.1
+    config.mixup.update(mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5)
+    config.optimizer = recipes.optimizer(
+        name="adamw", learning_rate=2.5e-4 * batch / 256, warmup_steps=round(5 * 50_000 / batch), decay="cosine",
+        weight_decay=0.05, weight_decay_exclude=(r"pos_embedding$",), grad_clip_norm=0.0)
+    config.batch_size = batch
+    config.num_epochs = 300.0
+
+    config.eval_batch_size = batch
+    config.log_every_steps = 100
+    config.eval_every_steps = 5000
+    config.checkpoint_every_steps = 2000
+    return config

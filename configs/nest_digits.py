@@ -17,34 +17,29 @@ that run used 7.1 min of CPU time, user + sys, but 41 min of wall time on two co
 jobs at a load of about 14).
 """
 
-from tokenlearner_jax import config_lib
+from tokenlearner_jax import models, recipes
 
 
 def get_config(arg=None):
-    config = config_lib.base_config()
-    config.dataset.name = "digits"
-    config.dataset.image_size = 32
-    config.dataset.augment = "shift"
-    config.dataset.shift_pixels = 3
-
+    config = recipes.base("classification")
+    config.dataset = recipes.dataset(name="digits", image_size=32, augment="shift", shift_pixels=3)
     if arg == "vit":
-        config.model = config_lib.vit_model("S/4", num_classes=10, classifier="gap")
-        config.model.update(width=64, depth=6, num_heads=4, mlp_dim=256)
+        config.model = models.config("vit", variant="S/4", num_classes=10, classifier="gap", width=64, depth=6,
+                                     num_heads=4, mlp_dim=256)
     elif arg:
         raise ValueError(f"configs/nest_digits.py:{arg}: expected no argument (NesT) or 'vit'")
     else:
-        config.model = config_lib.nest_model("T", num_classes=10)
-        config.model.update(dims=(32, 64, 96), num_heads=(2, 4, 6), depths=(1, 1, 2), patch_size=2,
-                            drop_path_rate=0.0)
+        config.model = models.config("nest", variant="T", num_classes=10, dims=(32, 64, 96), num_heads=(2, 4, 6),
+                                     depths=(1, 1, 2), patch_size=2, drop_path_rate=0.0)
 
-    config.batch_size = 128
-    config.eval_batch_size = 360
-    config.num_train_steps = 600
-    config.optimizer.learning_rate = 2e-3
-    config.optimizer.warmup_steps = 60
-    config.optimizer.weight_decay = 0.05
+    config.loss = "softmax_xent"
     config.label_smoothing = 0.1
+    config.optimizer = recipes.optimizer(name="adamw", learning_rate=2e-3, warmup_steps=60, decay="cosine",
+                                         weight_decay=0.05, grad_clip_norm=1.0)
+    config.batch_size = 128
+    config.num_train_steps = 600
 
+    config.eval_batch_size = 360
     config.log_every_steps = 50
     config.eval_every_steps = 200
     config.checkpoint_every_steps = 200

@@ -13,37 +13,35 @@ and pre-logits layer (if any) are dropped because the model classifies by global
 in the TokenLearner paper. Recipe: the ViT paper's fine-tuning (SGD with momentum 0.9, no weight decay,
 global-norm clip 1.0, batch 512, 20k steps, 500 warmup steps, cosine decay, lr 0.01, softmax loss).
 Few-shot evaluation every 10k steps on whichever of its datasets are prepared. Needs imagenet2012 in
-array_record format (see the README). 28.7 GMACs per image in the paper's count for this model.
+array_record format (docs/data.md). 28.7 GMACs per image in the paper's count for this model.
 Smoke test without ImageNet (any tiny checkpoint of the same width, e.g. a converted one):
   python main.py --config=configs/vit_b16_tl_half_ft384.py --workdir=/tmp/ft --config.dataset.name=synthetic \
     --config.batch_size=2 --config.eval_batch_size=2 --config.num_train_steps=1 \
     --config.dataset.synthetic_eval_size=2 --config.init_from.path=CHECKPOINT
 """
 
-from tokenlearner_jax import config_lib
+from tokenlearner_jax import models, recipes
 
 
 def get_config(arg=None):
-    config = config_lib.imagenet_config(config_lib.vit_model(
-        "B/16", num_classes=1000, classifier="gap", token_learner=True, location=0.5, num_tokens=8))
+    config = recipes.base("classification")
     config.init_from.path = arg or "/path/to/ViT-B_16.npz"  # set: --config.init_from.path=...
     config.init_from.exclude = (r"^cls$", r"^pre_logits/", r"^head/")
+    config.dataset = recipes.dataset(name="imagenet2012", image_size=384, train_split="train[:99%]",
+                                     eval_split="validation", augment="inception_crop", normalize="minus_one_one",
+                                     num_workers=16)
+    config.model = models.config(
+        "vit", variant="B/16", num_classes=1000, classifier="gap",
+        token_learner=dict(enabled=True, version="v1.1", location=0.5, num_tokens=8))
 
-    config.dataset.image_size = 384
-    config.dataset.train_split = "train[:99%]"
-    config.dataset.eval_split = "validation"
-    config.model.head_bias_init = 0.0
     config.loss = "softmax_xent"
+    config.optimizer = recipes.optimizer(name="sgd", momentum=0.9, learning_rate=0.01, warmup_steps=500,
+                                         decay="cosine", weight_decay=0.0, grad_clip_norm=1.0)
     config.batch_size = 512
-    config.eval_batch_size = 512
     config.num_train_steps = 20_000
-    config.optimizer.name = "sgd"
-    config.optimizer.momentum = 0.9
-    config.optimizer.learning_rate = 0.01
-    config.optimizer.warmup_steps = 500
-    config.optimizer.decay = "cosine"
-    config.optimizer.weight_decay = 0.0
-    config.optimizer.grad_clip_norm = 1.0
+
+    config.eval_batch_size = 512
+    config.log_every_steps = 100
     config.eval_every_steps = 2000
     config.checkpoint_every_steps = 1000
     config.fewshot.every_steps = 10_000

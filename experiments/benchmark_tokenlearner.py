@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tokenlearner_jax import config_lib, models
+from tokenlearner_jax import models
 from tokenlearner_jax.models import flops
 
 MODELS = [("ViT-B/16", None, None)] + [
@@ -36,8 +36,7 @@ def main():
     images = jnp.asarray(np.random.RandomState(0).rand(args.batch_size, 224, 224, 3), jnp.float32)
     entries = []
     for name, location, tokens in MODELS:
-        model = models.build(config_lib.vit_model("B/16", token_learner=location is not None,
-                                                  location=location or 0.5, num_tokens=tokens or 8))
+        model = models.build(models.config("vit", variant="B/16", token_learner=dict(enabled=location is not None, location=location or 0.5, num_tokens=tokens or 8)))
         variables = jax.jit(model.init)(jax.random.key(0), images[:1])
         forward = jax.jit(lambda v, x, model=model: model.apply(v, x))
         forward(variables, images).block_until_ready()  # compile

@@ -24,7 +24,6 @@ sys.path.insert(0, ROOT)
 
 from configs import quickstart  # noqa: E402  pylint: disable=wrong-import-position
 from tokenlearner_jax import data  # noqa: E402  pylint: disable=wrong-import-position
-from tokenlearner_jax.evaluate.fewshot_evaluator import FewShotEvaluator  # noqa: E402
 from tokenlearner_jax.weights import init_from  # noqa: E402
 from tokenlearner_jax.train import trainer  # noqa: E402  pylint: disable=wrong-import-position
 
@@ -52,17 +51,15 @@ def main():
     config.fewshot.seeds = args.seeds
     info = data.get_info(config.dataset)
     setup = trainer.Setup(config, info, trainer.num_train_steps(config, info))
-    evaluator = FewShotEvaluator(config, setup)
+    evaluator = setup.fewshot_evaluator()
 
-    abstract = {"params": setup.abstract_state.params, **setup.abstract_state.model_state}
-    variables, step = init_from.restore_variables(args.workdir, abstract)
-    params = variables.pop("params")
+    variables, step = init_from.restore_variables(args.workdir, setup.task.variables(setup.abstract_state))
     start = time.time()
-    trained = evaluator.run(params, variables)
+    trained = evaluator.run(variables)
     trained_seconds = time.time() - start
+    params = variables.pop("params")
     supervised = setup.evaluate(setup.abstract_state.replace(params=params, model_state=variables))
-    random_state = setup.init_state()
-    untrained = evaluator.run(random_state.params, random_state.model_state)
+    untrained = evaluator.run(setup.task.variables(setup.init_state()))
 
     lines = [f"| shots per class | quickstart features (step {step}) | random-init features |", "|---|---|---|"]
     for k in SHOTS:

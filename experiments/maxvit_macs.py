@@ -1,5 +1,5 @@
 """Parameters and MACs at 224 of MaxViT-T, S, B, L (and T with TokenLearner in stage 4) against
-../shared/reference/models.md.
+the published figures (the papers, timm).
 
   python experiments/maxvit_macs.py
 
@@ -13,17 +13,15 @@ import os
 
 import jax
 
-from tokenlearner_jax import config_lib, models
+from tokenlearner_jax import models
 from tokenlearner_jax.models import flops
 
 # name -> (model config, published params M, published GMACs); None where the sheet has no figure.
-ROWS = [(f"MaxViT-{v}", config_lib.maxvit_model(v), params, macs) for v, params, macs in (
+ROWS = [(f"MaxViT-{v}", models.config("maxvit", variant=v), params, macs) for v, params, macs in (
     ("T", 30.92, 5.6), ("S", 68.93, 11.66), ("B", 119.47, 24.04), ("L", 211.79, 43.68))]
 ROWS += [
-    ("T, TokenLearner 8 tokens in stage 4 (after its first block)", config_lib.maxvit_model(
-        "T", token_learner=True, stage=3, num_tokens=8), None, None),
-    ("T, TokenLearner 8 tokens in stage 3 (after its first block)", config_lib.maxvit_model(
-        "T", token_learner=True, stage=2, num_tokens=8), None, None),
+    ("T, TokenLearner 8 tokens in stage 4 (after its first block)", models.config("maxvit", variant="T", token_learner=dict(enabled=True, location=3, num_tokens=8)), None, None),
+    ("T, TokenLearner 8 tokens in stage 3 (after its first block)", models.config("maxvit", variant="T", token_learner=dict(enabled=True, location=2, num_tokens=8)), None, None),
 ]
 
 
@@ -47,7 +45,7 @@ def main():
                      f"{relative(matmul, ref_macs)} | {xla:.3f} | {relative(xla, ref_macs)} |")
         print(lines[-1], flush=True)
     text = (f"# MaxViT parameters and MACs at 224\n\nCommand: `python experiments/maxvit_macs.py` "
-            f"(jax {jax.__version__}; sheet: ../shared/reference/models.md, 1000 classes; parameters exclude "
+            f"(jax {jax.__version__}; published: the papers and timm, 1000 classes; parameters exclude "
             f"the BatchNorm running statistics)\n\n" + "\n".join(lines) +
             "\n\nThe dot + conv column counts the multiply-accumulates of convolutions (the depthwise ones "
             "included), Dense layers and the attention products; XLA's count adds the element-wise work "

@@ -1,5 +1,5 @@
 """Parameters and MACs of NesT-T/S/B at 224 and the CIFAR variants at 32, against
-../shared/reference/models.md.
+the published figures (the papers, timm).
 
   python experiments/nest_macs.py
 
@@ -14,15 +14,15 @@ import os
 
 import jax
 
-from tokenlearner_jax import config_lib, models
+from tokenlearner_jax import models
 from tokenlearner_jax.models import flops
 
 # name -> (model config, image side, published params M, published GMACs); None where the sheet has no figure.
-ROWS = [(f"NesT-{v}", config_lib.nest_model(v), 224, params, macs)
+ROWS = [(f"NesT-{v}", models.config("nest", variant=v), 224, params, macs)
         for v, params, macs in (("T", 17.06, 5.83), ("S", 38.35, 10.35), ("B", 67.72, 17.96))]
-ROWS += [("NesT-T, TokenLearner: 8 tokens at the last level", config_lib.nest_model("T", token_learner=True), 224,
+ROWS += [("NesT-T, TokenLearner: 8 tokens at the last level", models.config("nest", variant="T", token_learner=dict(enabled=True)), 224,
           None, None)]
-ROWS += [(f"NesT-{v} CIFAR (10 classes)", config_lib.nest_model(f"cifar_{v}", num_classes=10), 32, None, None)
+ROWS += [(f"NesT-{v} CIFAR (10 classes)", models.config("nest", variant=f"cifar_{v}", num_classes=10), 32, None, None)
          for v in ("T", "S", "B")]
 
 
@@ -55,7 +55,7 @@ def main():
                      f"{relative(matmul, ref_macs)} | {xla:.3f} | {relative(xla, ref_macs)} |")
         print(lines[-1], flush=True)
     text = (f"# NesT parameters and MACs\n\nCommand: `python experiments/nest_macs.py` (jax {jax.__version__}; "
-            f"sheet: ../shared/reference/models.md, 1000 classes at 224)\n\n" + "\n".join(lines) +
+            f"published: the papers and timm, 1000 classes at 224)\n\n" + "\n".join(lines) +
             f"\n\nThe sheet's GMACs count the multiply-accumulates of convolutions and Dense layers; so does the dot + "
             f"conv column, read off the traced program: within 0.4% of the sheet for T, S and B. XLA's count adds the "
             f"element-wise work, which puts it 2-3% above the sheet: almost all of it is the exact GELU, whose erf XLA "

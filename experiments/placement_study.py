@@ -28,7 +28,8 @@ import numpy as np  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from tokenlearner_jax import sweep_lib, sweep_results, visualize  # noqa: E402
+from tokenlearner_jax import visualize  # noqa: E402
+from tokenlearner_jax.recipes import sweep_results, sweeps  # noqa: E402
 from tokenlearner_jax.models import vit  # noqa: E402
 
 CONFIG = "configs/placement_study.py"
@@ -138,10 +139,10 @@ def main():
     subprocess.run([sys.executable, "-m", "tokenlearner_jax.sweep", f"--config={CONFIG}",
                     f"--workdir={args.workdir}"], cwd=ROOT, check=True)
 
-    points = sweep_lib.load_sweep(os.path.join(ROOT, CONFIG))
-    names = [sweep_lib.point_name(point, points) for point in points]
+    points = sweeps.load_sweep(os.path.join(ROOT, CONFIG))
+    names = [sweeps.point_name(point, points) for point in points]
     rows = sweep_results.collect(args.workdir, points, names)
-    config = sweep_lib.load_module(os.path.join(ROOT, CONFIG)).get_config()
+    config = sweeps.load_module(os.path.join(ROOT, CONFIG)).get_config()
     entries = summarise(rows, config.model.depth)
 
     best = max((e for e in entries if e["tokens"]), key=lambda e: e["mean"])

@@ -1,5 +1,5 @@
 """Parameters and MACs at 224 of every PoolFormer variant, the paper's hybrid ablation and TokenLearner
-in stage 4, against ../shared/reference/models.md.
+in stage 4, against the published figures (papers, timm).
 
   python experiments/poolformer_macs.py
 
@@ -14,20 +14,17 @@ import os
 
 import jax
 
-from tokenlearner_jax import config_lib, models
+from tokenlearner_jax import models
 from tokenlearner_jax.models import flops
 
 # name -> (model config, published params M, published GMACs); None where the sheet has no figure.
-ROWS = [(f"PoolFormer-{v}", config_lib.poolformer_model(v), params, macs) for v, params, macs in (
+ROWS = [(f"PoolFormer-{v}", models.config("poolformer", variant=v), params, macs) for v, params, macs in (
     ("S12", 11.92, 1.82), ("S24", 21.39, 3.41), ("S36", 30.86, 5.00), ("M36", 56.17, 8.80), ("M48", 73.47, 11.59))]
 ROWS += [
-    ("S12, pooling 1-2 + attention 3-4", config_lib.poolformer_model(
-        "S12", mixers=("pooling", "pooling", "attention", "attention")), 16.5, 2.5),
-    ("S12, identity mixer", config_lib.poolformer_model("S12", mixers=("identity",)), 11.92, None),
-    ("S12, TokenLearner 8 tokens before stage 4", config_lib.poolformer_model(
-        "S12", token_learner=True, stage=3, num_tokens=8), None, None),
-    ("S12, TokenLearner + fuser in stage 4", config_lib.poolformer_model(
-        "S12", token_learner=True, stage=3, num_tokens=8, use_fuser=True), None, None),
+    ("S12, pooling 1-2 + attention 3-4", models.config("poolformer", variant="S12", mixers=("pooling", "pooling", "attention", "attention")), 16.5, 2.5),
+    ("S12, identity mixer", models.config("poolformer", variant="S12", mixers=("identity",)), 11.92, None),
+    ("S12, TokenLearner 8 tokens before stage 4", models.config("poolformer", variant="S12", token_learner=dict(enabled=True, location=3, num_tokens=8)), None, None),
+    ("S12, TokenLearner + fuser in stage 4", models.config("poolformer", variant="S12", token_learner=dict(enabled=True, location=3, num_tokens=8, use_fuser=True)), None, None),
 ]
 
 
@@ -51,7 +48,7 @@ def main():
                      f"{relative(matmul, ref_macs)} | {xla:.3f} | {xla / matmul:.3f} |")
         print(lines[-1], flush=True)
     text = (f"# PoolFormer parameters and MACs at 224\n\nCommand: `python experiments/poolformer_macs.py` "
-            f"(jax {jax.__version__}; sheet: ../shared/reference/models.md, 1000 classes)\n\n" + "\n".join(lines) +
+            f"(jax {jax.__version__}; published: the papers and timm, 1000 classes)\n\n" + "\n".join(lines) +
             "\n\nThe sheet's GMACs count the multiply-accumulates of convolutions and Dense layers; so does the "
             "dot + conv column, read off the traced program: within 0.6% of the sheet for all five variants. "
             "XLA's count adds the element-wise work, almost all of it the exact GELU: XLA expands erf into a "

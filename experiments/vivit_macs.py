@@ -14,17 +14,17 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from tokenlearner_jax import config_lib, models  # noqa: E402  pylint: disable=wrong-import-position
+from tokenlearner_jax import models  # noqa: E402  pylint: disable=wrong-import-position
 from tokenlearner_jax.models import flops  # noqa: E402  pylint: disable=wrong-import-position
 
 SHAPE = (32, 224, 224, 3)
 VARIANTS = (
     ("ViViT-B/16x2, joint encoder", dict(encoder="joint")),
     ("ViViT-B/16x2 + TokenLearner, 8 tokens per slice before layer 6 (the k400 config)",
-     dict(encoder="joint", token_learner=True, location=0.5, num_tokens=8)),
+     dict(encoder="joint", token_learner=dict(enabled=True, location=0.5, num_tokens=8))),
     ("ViViT-B/16x2, factorised encoder (4 temporal layers)", dict(encoder="factorised")),
     ("ViViT-B/16x2 factorised + TokenLearner, 8 tokens per slice before spatial layer 6",
-     dict(encoder="factorised", token_learner=True, location=0.5, num_tokens=8)),
+     dict(encoder="factorised", token_learner=dict(enabled=True, location=0.5, num_tokens=8))),
 )
 
 
@@ -32,7 +32,7 @@ def main():
     lines = ["| model | params | GMACs / view (dot + conv) | GMACs / view (XLA) | x 12 views (XLA) |",
              "|---|---|---|---|---|"]
     for label, kwargs in VARIANTS:
-        model = models.build(config_lib.vivit_model("B/16", tubelet_frames=2, num_classes=400, **kwargs))
+        model = models.build(models.config("vivit", variant="B/16", tubelet_frames=2, num_classes=400, **kwargs))
         costs = flops.model_costs(model, SHAPE)
         params = costs["params"]
         dot = costs["matmul_macs"] / 1e9

@@ -33,7 +33,7 @@ def train(mesh, devices, steps=3):
     losses = []
     with setup.context():
         for _ in range(steps):
-            state, metrics = setup.train_step(state, setup.to_global(next(batches)))
+            state, metrics, _ = setup.train_step(state, setup.to_global(next(batches)))
             losses.append(float(metrics["train/loss"]))
     flat = jax.tree_util.tree_leaves_with_path(state.model_state["batch_stats"])
     stats = {jax.tree_util.keystr(path): np.asarray(value).tolist() for path, value in flat}

@@ -36,7 +36,7 @@ def train(mesh, devices, steps=4):
     losses = []
     with setup.context():
         for _ in range(steps):
-            state, metrics = setup.train_step(state, setup.to_global(next(batches)))
+            state, metrics, _ = setup.train_step(state, setup.to_global(next(batches)))
             losses.append(float(metrics["train/loss"]))
         eval_metrics = setup.evaluate(state)
     params = [float(np.abs(np.asarray(x)).sum()) for x in jax.tree.leaves(state.params)]

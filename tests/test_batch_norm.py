@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from conftest import run_python
+from helpers import run_python
 from tokenlearner_jax.train import metrics_log
 
 TINY_MAXVIT = [

@@ -16,8 +16,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import ROOT, run_python
-from test_trainer import TINY, final_params
+from helpers import ROOT, TINY, final_params, run_python
 from tokenlearner_jax.train import checkpoint as checkpoint_lib
 
 STEPS = ["--config.num_train_steps=60", "--config.checkpoint_every_steps=10", "--config.keep_checkpoints=10",

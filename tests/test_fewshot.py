@@ -1,15 +1,15 @@
 """Few-shot linear evaluation: the closed-form ridge regression against direct solves, leave-one-out
 against refitting, accuracy against the number of shots, and the evaluator inside a training run and
-on a checkpoint through main.py."""
+on a checkpoint (--mode=fewshot), in process."""
 
 import numpy as np
 import pytest
 
-from conftest import run_python
+from helpers import parse_config
 from tokenlearner_jax.evaluate import fewshot
-from tokenlearner_jax.train import metrics_log
+from tokenlearner_jax.train import metrics_log, trainer
 
-# A tiny ViT + TokenLearner on digits (the quickstart shrunk), run through main.py's flag parsing.
+# A tiny ViT + TokenLearner on digits (the quickstart shrunk), parsed as main.py parses its flags.
 TINY = [
     "--config=configs/quickstart.py",
     "--config.model.width=32", "--config.model.depth=2", "--config.model.num_heads=2",
@@ -81,13 +81,13 @@ def test_shots_are_drawn_per_class_without_repetition():
     assert np.bincount(labels[index]).tolist() == [5, 5, 5, 3]  # a class with fewer examples gives all
 
 
-def test_periodic_fewshot_runs_in_training_and_on_the_checkpoint(tmp_path):
+def test_periodic_fewshot_runs_in_training_and_on_the_checkpoint(tmp_path, caplog):
     workdir = str(tmp_path / "run")
     fewshot_flags = ["--config.fewshot.every_steps=5", "--config.fewshot.datasets=('digits','cifar100')",
                      "--config.fewshot.shots=(1,5)", "--config.fewshot.seeds=2",
                      f"--config.dataset.data_dir={tmp_path / 'tfds'}"]  # no cifar100 there
-    proc = run_python(["main.py", f"--workdir={workdir}", *TINY, "--config.num_train_steps=10", *fewshot_flags])
-    assert "'cifar100' skipped" in proc.stderr and "tfds build cifar100" in proc.stderr
+    trainer.run(parse_config([*TINY, "--config.num_train_steps=10", *fewshot_flags]), workdir)
+    assert "'cifar100' skipped" in caplog.text and "tfds build cifar100" in caplog.text
     records = [r for r in metrics_log.read_metrics(workdir) if "fewshot/digits_5shot" in r]
     assert [r["step"] for r in records] == [5, 10]
     final = records[-1]
@@ -99,6 +99,6 @@ def test_periodic_fewshot_runs_in_training_and_on_the_checkpoint(tmp_path):
     assert not any(k.startswith("fewshot/cifar100") for r in records for k in r)
 
     # --mode=fewshot on the finished run's checkpoint reproduces the step-10 figures and appends them.
-    run_python(["main.py", f"--workdir={workdir}", *TINY, "--mode=fewshot", *fewshot_flags])
+    trainer.fewshot_checkpoint(parse_config([*TINY, *fewshot_flags]), workdir)
     again = [r for r in metrics_log.read_metrics(workdir) if "fewshot/digits_5shot" in r]
     assert len(again) == 3 and again[-1] == final

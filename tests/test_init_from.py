@@ -15,10 +15,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_python
-from test_trainer import final_params
-from tokenlearner_jax import config_lib, models
+from helpers import ROOT, final_params, parse_config, run_python
+from tokenlearner_jax import models, recipes
 from tokenlearner_jax.weights import vit as vit_weights
+from tokenlearner_jax.train import trainer
 from tokenlearner_jax.weights import init_from
 
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
@@ -33,14 +33,14 @@ TINY_FLAGS = ["--config=configs/quickstart.py", "--config.model.width=32", "--co
 
 
 def tiny_model(classifier="token", num_classes=5, **overrides):
-    config = config_lib.vit_model("S/4", num_classes=num_classes, classifier=classifier)
+    config = models.config("vit", variant="S/4", num_classes=num_classes, classifier=classifier)
     config.width, config.depth, config.num_heads, config.mlp_dim = 32, 2, 2, 64
     config.update(overrides)
     return config
 
 
 def init_config(**overrides):
-    config = config_lib.base_config().init_from
+    config = recipes.base().init_from
     config.update(overrides)
     return config
 
@@ -72,7 +72,7 @@ def test_vit_b16_key_map_covers_every_parameter_both_ways(layout):
     with open(os.path.join(FIXTURES, "vit_b16_keys.json"), encoding="utf-8") as f:
         source = {name: jax.ShapeDtypeStruct(tuple(shape), jnp.float32)
                   for name, shape in json.load(f)[layout].items()}
-    config = config_lib.vit_model("B/16", num_classes=1000, classifier="token")
+    config = models.config("vit", variant="B/16", num_classes=1000, classifier="token")
     convert = getattr(vit_weights, f"from_{layout}")
     mapped = jax.eval_shape(lambda tensors: convert(tensors, config), source)  # raises on an unused tensor
     target = abstract_variables(config, 224)
@@ -173,13 +173,14 @@ def test_converter_command_writes_a_checkpoint_with_the_reference_logits(tmp_pat
     np.testing.assert_allclose(np.asarray(logits), IO["logits_token"], atol=1e-4, rtol=0)
 
 
-def test_main_py_starts_a_run_from_a_checkpoint(tmp_path):
+def test_a_run_starts_from_a_checkpoint(tmp_path):
     workdir = str(tmp_path / "run")
-    run_python(["main.py", f"--workdir={workdir}", *TINY_FLAGS, "--config.dataset.image_size=24",
-                "--config.model.token_learner.location=1", "--config.num_train_steps=1",
-                "--config.optimizer.learning_rate=0", "--config.batch_size=32", "--config.eval_batch_size=120",
-                f"--config.init_from.path={SAFETENSORS}", "--config.init_from.exclude=('^cls$',)",
-                "--config.ema.decay=0.5"])
+    config = parse_config([*TINY_FLAGS, "--config.dataset.image_size=24", "--config.model.token_learner.location=1",
+                           "--config.num_train_steps=1", "--config.optimizer.learning_rate=0",
+                           "--config.batch_size=32", "--config.eval_batch_size=120",
+                           f"--config.init_from.path={SAFETENSORS}", "--config.init_from.exclude=('^cls$',)",
+                           "--config.ema.decay=0.5"])
+    trainer.run(config, workdir)
     with open(os.path.join(workdir, "init_from.json"), encoding="utf-8") as f:
         assert len(json.load(f)["loaded"]) == 36
     # With a zero learning rate the trained checkpoint holds the loaded weights; read it back as a source.

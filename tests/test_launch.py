@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from conftest import ROOT, run_python
+from helpers import ROOT, run_python
 from tokenlearner_jax import launch
 from tokenlearner_jax.train import metrics_log
 

@@ -8,7 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from tokenlearner_jax import config_lib, models
+from helpers import validate
+from tokenlearner_jax import models, recipes
 from tokenlearner_jax.data import DatasetInfo
 from tokenlearner_jax.layers import relative_position
 from tokenlearner_jax.models import flops
@@ -17,7 +18,7 @@ from tokenlearner_jax.train import trainer
 
 @pytest.mark.parametrize("variant,published", [("T", 30.92), ("S", 68.93), ("B", 119.47), ("L", 211.79)])
 def test_full_size_parameter_counts_match_the_sheet(variant, published):
-    abstract = flops.abstract_variables(models.build(config_lib.maxvit_model(variant)), (224, 224, 3))
+    abstract = flops.abstract_variables(models.build(models.config("maxvit", variant=variant)), (224, 224, 3))
     count = flops.count_params(abstract["params"]) / 1e6
     assert abs(count / published - 1) < 0.005, (variant, count)
     assert set(abstract) == {"params", "batch_stats"}
@@ -70,7 +71,7 @@ def test_resizing_the_bias_table():
 
 @pytest.mark.parametrize("size,window", [(224, 7), (384, 12), (512, 16)])
 def test_window_and_grid_follow_the_resolution(size, window):
-    model = models.build(config_lib.maxvit_model("T"))
+    model = models.build(models.config("maxvit", variant="T"))
     params = flops.abstract_variables(model, (size, size, 3))["params"]
     for stage, heads in (("stage_0", 2), ("stage_3", 16)):
         for name in ("block_attention", "grid_attention"):
@@ -80,7 +81,7 @@ def test_window_and_grid_follow_the_resolution(size, window):
 
 
 def tiny_config(**overrides):
-    config = config_lib.maxvit_model("T", num_classes=4)
+    config = models.config("maxvit", variant="T", num_classes=4)
     config.update(**{**dict(stem_widths=(8, 16), depths=(2, 1), dims=(32, 64), drop_path_rate=0.1), **overrides})
     return config
 
@@ -104,7 +105,7 @@ def test_partitions_see_the_positions_they_should():
 @pytest.mark.parametrize("use_fuser", [False, True])
 def test_token_learner_in_a_stage(use_fuser):
     config = tiny_config()
-    config.token_learner.update(enabled=True, stage=0, num_tokens=4, use_fuser=use_fuser)
+    config.token_learner.update(enabled=True, location=0, num_tokens=4, use_fuser=use_fuser)
     model = models.build(config)
     images = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
     # One real run is enough (without the fuser, tokens reach the next stage too); shapes for the other.
@@ -125,41 +126,41 @@ def test_token_learner_in_a_stage(use_fuser):
 
 
 def test_bad_configs_name_the_field():
-    config = config_lib.base_config()
-    config.model = config_lib.maxvit_model("T", num_classes=1000)
+    config = recipes.base()
+    config.model = models.config("maxvit", variant="T", num_classes=1000)
     config.dataset.image_size = 200
     with pytest.raises(ValueError, match=r"config.dataset.image_size=200"):
-        config_lib.validate(config)
+        validate(config)
     config.dataset.image_size = 224
-    config_lib.validate(config)
+    validate(config)
     config.model.window_size = 4  # 7x7 last-stage map
     with pytest.raises(ValueError, match=r"window_size=4"):
-        config_lib.validate(config)
+        validate(config)
     config.model.window_size = 0
     config.model.dims = (64, 128, 250, 512)
-    with pytest.raises(ValueError, match=r"config.model.dims=.*head_dim=32"):
-        config_lib.validate(config)
+    with pytest.raises(ValueError, match=r"config.model.head_dim=32: .*dims=\(64, 128, 250, 512\)"):
+        validate(config)
     config.model.dims = ()
     config.model.variant = "XL"
     with pytest.raises(ValueError, match=r"config.model.variant='XL'"):
-        config_lib.validate(config)
+        validate(config)
     config.model.variant = "T"
-    config.model.token_learner.update(enabled=True, stage=4)
-    with pytest.raises(ValueError, match=r"config.model.token_learner.stage=4"):
-        config_lib.validate(config)
+    config.model.token_learner.update(enabled=True, location=4)
+    with pytest.raises(ValueError, match=r"config.model.token_learner.location=4"):
+        validate(config)
 
 
 def test_imagenet_configs_resolve():
     import importlib.util
     import os
-    from conftest import ROOT
+    from helpers import ROOT
 
     for name, variant in (("tiny", "T"), ("small", "S"), ("base", "B"), ("large", "L")):
         spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"maxvit_{name}.py"))
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         config = module.get_config()
-        config_lib.validate(config)
+        validate(config)
         assert config.model.variant == variant and config.ema.decay == 0.9999
         assert config.optimizer.learning_rate == 3e-3 and config.optimizer.warmup_steps == 10_000
         assert config.mixup.mixup_alpha == 0.8 and config.dataset.randaugment_num_ops == 2
@@ -169,7 +170,7 @@ def test_a_train_step_updates_the_batch_statistics_in_the_train_state():
     """A real step of the trainer (trainer.Setup, the jitted sharded step): the BatchNorm statistics
     live in TrainState.model_state['batch_stats'], change in the train step, and the eval step reads
     them without changing them."""
-    config = config_lib.base_config()
+    config = recipes.base()
     config.model = tiny_config()
     config.dataset.image_size = 32
     config.batch_size = 8
@@ -184,7 +185,7 @@ def test_a_train_step_updates_the_batch_statistics_in_the_train_state():
     batch = {"image": rng.normal(size=(8, 32, 32, 3)).astype(np.float32) * 2 + 0.5,
              "label": rng.integers(0, 4, size=(8,)).astype(np.int32)}
     with setup.context():
-        state, metrics = setup.train_step(state, setup.to_global(batch))
+        state, metrics, _ = setup.train_step(state, setup.to_global(batch))
         after = jax.tree.map(np.asarray, state.model_state)
         eval_metrics = setup.eval_step(state, setup.to_global(dict(batch, mask=np.ones((8,), np.float32))))
     assert np.isfinite(float(metrics["train/loss"]))

@@ -12,8 +12,8 @@ import pytest
 import safetensors.numpy
 from flax import traverse_util
 
-from conftest import ROOT
-from tokenlearner_jax import config_lib, convert, models
+from helpers import ROOT
+from tokenlearner_jax import convert, recipes, models
 from tokenlearner_jax import weights
 from tokenlearner_jax.models import flops
 from tokenlearner_jax.weights import maxvit as maxvit_weights
@@ -25,7 +25,7 @@ FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 def load_tiny():
     tensors = safetensors.numpy.load_file(os.path.join(FIXTURES, "maxvit_tiny.safetensors"))
     io = dict(np.load(os.path.join(FIXTURES, "maxvit_tiny_io.npz")))
-    config = config_lib.maxvit_model("T", num_classes=io["logits"].shape[-1])
+    config = models.config("maxvit", variant="T", num_classes=io["logits"].shape[-1])
     config.stem_widths = tuple(int(d) for d in io["stem_widths"])
     config.depths = tuple(int(d) for d in io["depths"])
     config.dims = tuple(int(d) for d in io["dims"])
@@ -73,8 +73,8 @@ def test_the_full_size_layouts_map_completely(name, size):
     lands on a parameter or batch statistic of our MaxViT-T at that resolution with the same shape, and
     every one of ours is covered."""
     tensors = layout(name)
-    converted = maxvit_weights.from_safetensors(tensors, config_lib.maxvit_model("T"))
-    ours = flops.abstract_variables(models.build(config_lib.maxvit_model("T")), (size, size, 3))
+    converted = maxvit_weights.from_safetensors(tensors, models.config("maxvit", variant="T"))
+    ours = flops.abstract_variables(models.build(models.config("maxvit", variant="T")), (size, size, 3))
     assert set(converted) == set(ours) == {"params", "batch_stats"}
     for collection in ours:
         assert shapes(converted[collection]) == shapes(ours[collection]), collection
@@ -84,7 +84,7 @@ def test_the_full_size_layouts_map_completely(name, size):
 
 
 def full_config(model_config, image_size):
-    config = config_lib.base_config()
+    config = recipes.base()
     config.dataset.image_size = image_size
     config.model = model_config
     return config
@@ -93,7 +93,7 @@ def full_config(model_config, image_size):
 def test_a_224_checkpoint_loads_into_a_window_12_model():
     """maxvit_tiny_tf_224's layout (13x13 bias tables) reconciled with MaxViT-T at 384 (window and grid
     12): every relative bias table is resized to 23x23, everything else is loaded as it is."""
-    config = full_config(config_lib.maxvit_model("T"), 384)
+    config = full_config(models.config("maxvit", variant="T"), 384)
     source = maxvit_weights.from_safetensors(layout("maxvit_tiny_tf_224"), config.model)
     target = flops.abstract_variables(models.build(config.model), (384, 384, 3))
     values, report = init_from.reconcile(source, target, config.init_from)
@@ -125,7 +125,7 @@ def test_through_the_converter_path_the_logits_still_match():
 
 def test_token_learner_starts_fresh_on_timms_weights():
     _, _, model_config = load_tiny()
-    model_config.token_learner.update(enabled=True, stage=3, num_tokens=4, use_fuser=True)
+    model_config.token_learner.update(enabled=True, location=3, num_tokens=4, use_fuser=True)
     config = full_config(model_config, 96)
     config.init_from.fresh_if_missing = ("/token_learner/",)
     source = init_from.load_source(os.path.join(FIXTURES, "maxvit_tiny.safetensors"), config.model)

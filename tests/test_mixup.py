@@ -6,8 +6,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from tokenlearner_jax import config_lib
-from tokenlearner_jax.tasks import losses, mixup
+from helpers import validate
+from tokenlearner_jax import models, recipes
+from tokenlearner_jax.tasks import classification, losses, mixup
 from tokenlearner_jax.train import trainer
 
 
@@ -104,9 +105,9 @@ def test_enabled():
 
 
 def tiny_trainer_config(**mixup_overrides):
-    config = config_lib.base_config()
+    config = recipes.base()
     config.dataset.image_size = 16
-    config.model = config_lib.poolformer_model("S12", num_classes=10)
+    config.model = models.config("poolformer", variant="S12", num_classes=10)
     config.model.depths, config.model.dims = (1, 1), (8, 16)
     config.model.drop_path_rate = 0.0  # a deterministic forward pass, so the test can recompute the loss
     config.batch_size = 8
@@ -120,7 +121,7 @@ def test_train_step_mixes_with_a_key_derived_from_the_step():
     """The train step's loss is the loss on the batch mixed with the key fold_in(fold_in(seed key, step),
     MIXUP_KEY): a function of the step counter only, so a resumed run mixes as an uninterrupted one."""
     config = tiny_trainer_config(mixup_alpha=0.8, cutmix_alpha=1.0)
-    config_lib.validate(config)
+    validate(config)
     setup = trainer.Setup(config, trainer.resolve_dataset(config), total_steps=2)
     rng = np.random.RandomState(0)
     raw = {"image": rng.randn(8, 16, 16, 3).astype(np.float32), "label": rng.randint(0, 10, 8).astype(np.int32)}
@@ -131,12 +132,12 @@ def test_train_step_mixes_with_a_key_derived_from_the_step():
     assert step_losses[0] == step_losses[1]
 
     def loss_on(images, targets):
-        logits = setup.model.apply({"params": params}, images, train=True)
+        logits = setup.task.model.apply({"params": params}, images, train=True)
         return float(jnp.mean(losses.per_example_loss("softmax_xent", logits, targets)))
 
     targets = losses.targets_from_labels(jnp.asarray(raw["label"]), 10, 0.1)
     step_key = jax.random.fold_in(jax.random.key(config.seed), 0)
-    mixed_images, mixed_targets, lam = mixup.mix_batch(jax.random.fold_in(step_key, trainer.MIXUP_KEY),
+    mixed_images, mixed_targets, lam = mixup.mix_batch(jax.random.fold_in(step_key, classification.MIXUP_KEY),
                                                        jnp.asarray(raw["image"]), targets, config.mixup)
     assert float(lam) < 1.0
     assert step_losses[0] == pytest.approx(loss_on(mixed_images, mixed_targets), abs=1e-5)
@@ -148,4 +149,4 @@ def test_bad_mixup_fields_are_rejected(field, value):
     config = tiny_trainer_config()
     config.mixup[field] = value
     with pytest.raises(ValueError, match=f"config.mixup.{field}"):
-        config_lib.validate(config)
+        validate(config)

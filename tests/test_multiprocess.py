@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from conftest import ROOT, run_python
+from helpers import ROOT, run_python
 
 
 def free_port():

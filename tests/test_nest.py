@@ -2,8 +2,6 @@
 attention against NumPy, stochastic depth, TokenLearner at a level, config checks and the recipes."""
 
 import functools
-import importlib.util
-import os
 
 import flax
 import jax
@@ -12,14 +10,14 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from conftest import ROOT
-from tokenlearner_jax import config_lib, models
+from helpers import load_config, validate
+from tokenlearner_jax import models, recipes
 from tokenlearner_jax.layers.attention import MultiHeadAttention
 from tokenlearner_jax.models import nest
 from tokenlearner_jax.models import flops
 from tokenlearner_jax.tasks import optimizer
 
-# ../shared/reference/models.md: params (M) and GMACs at 224, 1000 classes.
+# Published: params (M) and GMACs at 224, 1000 classes.
 PUBLISHED = {"T": (17.06, 5.83), "S": (38.35, 10.35), "B": (67.72, 17.96)}
 
 
@@ -29,18 +27,18 @@ def abstract_params(model_config, image_size):
 
 @pytest.mark.parametrize("variant", sorted(PUBLISHED))
 def test_parameter_counts_match_the_reference_sheet(variant):
-    count = flops.count_params(abstract_params(config_lib.nest_model(variant), 224))
+    count = flops.count_params(abstract_params(models.config("nest", variant=variant), 224))
     assert count / 1e6 == pytest.approx(PUBLISHED[variant][0], rel=0.005)
 
 
 def test_tiny_dot_and_conv_macs_at_224():
-    model = models.build(config_lib.nest_model("T"))
+    model = models.build(models.config("nest", variant="T"))
     assert flops.matmul_macs(model, (224, 224, 3)) / 1e9 == pytest.approx(PUBLISHED["T"][1], rel=0.02)
 
 
 @pytest.mark.parametrize("variant,width,heads", [("cifar_T", 192, 3), ("cifar_S", 384, 6), ("cifar_B", 768, 12)])
 def test_cifar_variants_have_four_levels_of_three_multi_query_layers(variant, width, heads):
-    params = traverse_util.flatten_dict(abstract_params(config_lib.nest_model(variant, num_classes=10), 32), sep="/")
+    params = traverse_util.flatten_dict(abstract_params(models.config("nest", variant=variant, num_classes=10), 32), sep="/")
     assert params["patch_embedding/embedding/kernel"].shape == (1, 1, 3, width)
     for level, blocks in enumerate((64, 16, 4, 1)):
         assert params[f"level_{level}/pos_embedding"].shape == (1, blocks, 16, width)
@@ -53,7 +51,7 @@ def test_cifar_variants_have_four_levels_of_three_multi_query_layers(variant, wi
 
 
 def tiny_config(**overrides):
-    config = config_lib.nest_model("T", num_classes=7)
+    config = models.config("nest", variant="T", num_classes=7)
     config.update(dims=(16, 24, 32), num_heads=(2, 2, 4), depths=(1, 2, 1), patch_size=2)
     for key, value in overrides.items():
         if key.startswith("tl_"):
@@ -202,16 +200,16 @@ def test_token_learner_at_the_last_level_and_with_the_fuser_at_the_first():
     _, variables, logits, inter = init_and_apply(tiny_config(tl_enabled=True, tl_num_tokens=4))
     assert logits.shape == (2, 7) and "token_learner" in variables["params"]["level_2"]
     assert inter["feature_map"][0].shape == (2, 1, 4, 32)  # the learned tokens
-    _, variables, logits, inter = init_and_apply(tiny_config(tl_enabled=True, tl_stage=0, tl_use_fuser=True))
+    _, variables, logits, inter = init_and_apply(tiny_config(tl_enabled=True, tl_location=0, tl_use_fuser=True))
     assert "token_fuser" in variables["params"]["level_0"]["token_learner"]
     assert inter["feature_map"][0].shape == (2, 4, 4, 32)
     # The fuser starts as the identity, so the level's grid keeps its shape and later levels run as usual.
-    with pytest.raises(ValueError, match="token_learner.stage=0"):
-        models.build(tiny_config(tl_enabled=True, tl_stage=0))
+    with pytest.raises(ValueError, match="token_learner.location=0"):
+        models.build(tiny_config(tl_enabled=True, tl_location=0))
 
 
 def full_config(model, image_size=32):
-    config = config_lib.base_config()
+    config = recipes.base()
     config.model = model
     config.dataset.image_size = image_size
     return config
@@ -221,35 +219,29 @@ def full_config(model, image_size=32):
     ("variant", "Q", "config.model.variant='Q'"),
     ("pool_padding", "valid", "config.model.pool_padding='valid'"),
     ("num_kv_heads", 3, "config.model.num_kv_heads=3"),
-    ("dims", (16, 25, 32), "width 25 is not divisible"),
-    ("depths", (1, 1), "one of each per level"),
+    ("dims", (16, 25, 32), "config.model.num_heads=(2, 2, 4): expected divisors of the level widths"),
+    ("depths", (1, 1), "config.model.dims=(16, 24, 32): expected positive values, one of each per level"),
 ])
 def test_bad_model_values_are_named(field, value, message):
     config = full_config(tiny_config())
     config.model[field] = value
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        config_lib.validate(config)
+        validate(config)
 
 
 def test_image_size_must_fit_the_levels():
     config = full_config(tiny_config(), image_size=36)
     with pytest.raises(ValueError, match=r"config.dataset.image_size=36: expected a multiple of .* = 8"):
-        config_lib.validate(config)
-
-
-def load_config(name, arg=None):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+        validate(config)
 
 
 @pytest.mark.parametrize("name,variant,drop_path", [("nest_tiny", "T", 0.2), ("nest_small", "S", 0.3),
                                                     ("nest_base", "B", 0.5)])
 def test_imagenet_recipes(name, variant, drop_path):
-    config = load_config(name)
-    config_lib.validate(config)
-    assert (config.model.name, config.model.variant, config.model.drop_path_rate) == ("nest", variant, drop_path)
+    config = load_config(f"{name}.py")
+    validate(config)
+    assert (config.model.name, config.model.variant) == ("nest", variant)
+    assert models.build(config.model).drop_path_rate == drop_path  # the variant's, worked out at build time
     assert (config.batch_size, config.num_epochs, config.label_smoothing) == (1024, 300.0, 0.1)
     assert config.optimizer.learning_rate == pytest.approx(2.5e-4 * 1024 / 256)
     assert config.optimizer.warmup_steps == round(20 * 1_281_167 / 1024)
@@ -257,11 +249,11 @@ def test_imagenet_recipes(name, variant, drop_path):
     assert (config.mixup.mixup_alpha, config.mixup.cutmix_alpha) == (0.8, 1.0)
     assert (config.dataset.randaugment_num_ops, config.dataset.randaugment_magnitude) == (2, 9.0)
     assert config.dataset.random_erasing_prob == 0.25
-    assert load_config(name, "512").optimizer.learning_rate == pytest.approx(5e-4)
+    assert load_config(f"{name}.py", "512").optimizer.learning_rate == pytest.approx(5e-4)
 
 
 def test_weight_decay_spares_only_the_position_embeddings():
-    config = load_config("nest_tiny")
+    config = load_config("nest_tiny.py")
     abstract = abstract_params(config.model, 224)
     mask = traverse_util.flatten_dict(optimizer.weight_decay_mask(abstract, config.optimizer.weight_decay_exclude),
                                       sep="/")
@@ -272,9 +264,10 @@ def test_weight_decay_spares_only_the_position_embeddings():
 @pytest.mark.parametrize("name,variant", [("nest_cifar_tiny", "cifar_T"), ("nest_cifar_small", "cifar_S"),
                                           ("nest_cifar_base", "cifar_B")])
 def test_cifar_recipes(name, variant):
-    config = load_config(name)
-    config_lib.validate(config)
-    assert (config.model.variant, config.model.drop_path_rate, config.model.num_classes) == (variant, 0.1, 10)
+    config = load_config(f"{name}.py")
+    validate(config)
+    assert (config.model.variant, config.model.num_classes) == (variant, 10)
+    assert models.build(config.model).drop_path_rate == 0.1
     assert (config.dataset.name, config.dataset.image_size) == ("cifar10", 32)
     assert config.optimizer.warmup_steps == round(5 * 50_000 / 1024)
-    assert load_config(name, "cifar100").model.num_classes == 100
+    assert load_config(f"{name}.py", "cifar100").model.num_classes == 100

@@ -1,4 +1,4 @@
-"""NesT through main.py and the pictures: the digits config trains a few steps, its checkpoint gives
+"""NesT's digits config trains a few steps (in process), its checkpoint gives
 class-activation maps whose spatial mean is the predicted class's logit, and
 `python -m tokenlearner_jax.visualize class_attention` writes them as a PNG."""
 
@@ -6,8 +6,9 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from conftest import run_python
+from helpers import parse_config, run_python
 from tokenlearner_jax import visualize
+from tokenlearner_jax.train import trainer
 
 SHORT = ["--config=configs/nest_digits.py", "--config.num_train_steps=4", "--config.log_every_steps=2",
          "--config.eval_batch_size=120", "--config.optimizer.warmup_steps=1"]
@@ -16,7 +17,7 @@ SHORT = ["--config=configs/nest_digits.py", "--config.num_train_steps=4", "--con
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("nest") / "run")
-    run_python(["main.py", f"--workdir={path}", *SHORT])
+    trainer.run(parse_config(SHORT), path)
     return path
 
 

@@ -10,8 +10,8 @@ import pytest
 import safetensors.numpy
 from flax import traverse_util
 
-from conftest import ROOT
-from tokenlearner_jax import config_lib, convert, models
+from helpers import ROOT
+from tokenlearner_jax import convert, recipes, models
 from tokenlearner_jax import weights
 from tokenlearner_jax.models import flops
 from tokenlearner_jax.weights import nest as nest_weights
@@ -24,7 +24,7 @@ SAFETENSORS = os.path.join(FIXTURES, "nest_tiny.safetensors")
 def load_tiny():
     tensors = safetensors.numpy.load_file(SAFETENSORS)
     io = dict(np.load(os.path.join(FIXTURES, "nest_tiny_io.npz")))
-    config = config_lib.nest_model("T", num_classes=io["logits_same"].shape[-1])
+    config = models.config("nest", variant="T", num_classes=io["logits_same"].shape[-1])
     config.update(dims=tuple(int(d) for d in io["dims"]), num_heads=tuple(int(h) for h in io["num_heads"]),
                   depths=tuple(int(d) for d in io["depths"]), patch_size=int(io["patch_size"]))
     return tensors, io, config
@@ -57,7 +57,7 @@ def test_the_full_size_layouts_map_completely(timm_name, variant):
     with open(os.path.join(FIXTURES, "nest_keys.json"), encoding="utf-8") as f:
         layout = json.load(f)["models"][timm_name]
     tensors = {name: np.zeros(shape, np.float32) for name, shape in layout.items()}
-    config = config_lib.nest_model(variant)
+    config = models.config("nest", variant=variant)
     params = nest_weights.from_safetensors(tensors, config)["params"]
     ours = flops.abstract_variables(models.build(config), (224, 224, 3))["params"]
     shapes = lambda tree: {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(tree, sep="/").items()}
@@ -94,7 +94,7 @@ def test_multi_query_models_are_refused():
 
 
 def full_config(model_config):
-    config = config_lib.base_config()
+    config = recipes.base()
     config.dataset.image_size = 32
     config.model = model_config
     return config

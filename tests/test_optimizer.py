@@ -5,13 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tokenlearner_jax import config_lib, data
+from tokenlearner_jax import data, models, recipes
 from tokenlearner_jax.tasks import losses, optimizer
 from tokenlearner_jax.train import trainer
 
 
 def opt_config(**overrides):
-    config = config_lib.base_config().optimizer
+    config = recipes.base().optimizer
     config.update(overrides)
     return config
 
@@ -32,7 +32,7 @@ def test_weight_decay_skips_biases_norms_and_position_embeddings():
     params = {"stem": {"embedding": {"kernel": 1, "bias": 1}}, "cls": 1,
               "posembed_input": {"pos_embedding": 1}, "encoder_norm": {"scale": 1, "bias": 1},
               "encoderblock_0": {"MlpBlock_3": {"Dense_0": {"kernel": 1, "bias": 1}}}, "head": {"kernel": 1}}
-    mask = optimizer.weight_decay_mask(params, config_lib.DEFAULT_WEIGHT_DECAY_EXCLUDE)
+    mask = optimizer.weight_decay_mask(params, recipes.DEFAULT_WEIGHT_DECAY_EXCLUDE)
     decayed = sorted("/".join(str(p.key) for p in path) for path, v in jax.tree_util.tree_leaves_with_path(mask) if v)
     assert decayed == ["encoderblock_0/MlpBlock_3/Dense_0/kernel", "head/kernel", "stem/embedding/kernel"]
 
@@ -71,8 +71,8 @@ def test_label_smoothing_and_losses():
 
 def test_gradient_accumulation_equals_one_big_batch():
     def one_step(accum):
-        config = config_lib.base_config()
-        config.model = config_lib.vit_model("S/4", num_classes=10, classifier="gap", token_learner=True, location=1)
+        config = recipes.base()
+        config.model = models.config("vit", variant="S/4", num_classes=10, classifier="gap", token_learner=dict(enabled=True, location=1))
         config.model.width, config.model.depth, config.model.num_heads, config.model.mlp_dim = 16, 2, 2, 32
         config.dataset.image_size = 16
         config.batch_size, config.grad_accum_steps = 16, accum
@@ -81,7 +81,7 @@ def test_gradient_accumulation_equals_one_big_batch():
         setup = trainer.Setup(config, trainer.resolve_dataset(config), total_steps=10, devices=jax.devices()[:1])
         batch = next(data.train_iterator(config.dataset, global_batch_size=16, seed=0))
         with setup.context():
-            state, metrics = setup.train_step(setup.init_state(), setup.to_global(batch))
+            state, metrics, _ = setup.train_step(setup.init_state(), setup.to_global(batch))
         return jax.tree.map(np.asarray, state.params), float(metrics["train/loss"])
 
     (full, full_loss), (accumulated, accumulated_loss) = one_step(1), one_step(4)

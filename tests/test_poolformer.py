@@ -8,11 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tokenlearner_jax import config_lib, models
+from tokenlearner_jax import models
 from tokenlearner_jax.layers.attention import DropPath
 from tokenlearner_jax.models import flops
 
-# ../shared/reference/models.md (timm's counts, 1000 classes) and GMACs at 224.
+# Published (timm's counts, 1000 classes) and GMACs at 224.
 PUBLISHED = {"S12": (11.92, 1.82), "S24": (21.39, 3.41), "S36": (30.86, 5.00), "M36": (56.17, 8.80),
              "M48": (73.47, 11.59)}
 
@@ -24,18 +24,18 @@ def num_params(model_config, image_size=224):
 
 @pytest.mark.parametrize("variant", sorted(PUBLISHED))
 def test_parameter_counts_match_the_reference_sheet(variant):
-    count = num_params(config_lib.poolformer_model(variant))
+    count = num_params(models.config("poolformer", variant=variant))
     assert count / 1e6 == pytest.approx(PUBLISHED[variant][0], rel=0.005)
 
 
 def test_the_papers_hybrid_ablation_has_its_published_size():
     # Pooling in stages 1-2, attention in stages 3-4 (S12 body): 16.5M parameters (paper, Table 6).
-    count = num_params(config_lib.poolformer_model("S12", mixers=("pooling", "pooling", "attention", "attention")))
+    count = num_params(models.config("poolformer", variant="S12", mixers=("pooling", "pooling", "attention", "attention")))
     assert count / 1e6 == pytest.approx(16.5, rel=0.005)
 
 
 def test_s12_macs_at_224():
-    model = models.build(config_lib.poolformer_model("S12"))
+    model = models.build(models.config("poolformer", variant="S12"))
     matmul = flops.matmul_macs(model, (224, 224, 3))
     assert matmul / 1e9 == pytest.approx(PUBLISHED["S12"][1], rel=0.02)
     # XLA's count adds the element-wise work, almost all of it exact GELU (XLA counts erf's polynomial as
@@ -45,7 +45,7 @@ def test_s12_macs_at_224():
 
 
 def tiny_config(**overrides):
-    config = config_lib.poolformer_model("S12", num_classes=7)
+    config = models.config("poolformer", variant="S12", num_classes=7)
     config.depths, config.dims = (1, 2, 1, 1), (32, 32, 64, 64)
     for key, value in overrides.items():
         if key.startswith("tl_"):
@@ -105,7 +105,7 @@ def test_stage_grids_and_downsampling():
 
 def test_layer_scale_init_defaults_to_the_variant():
     for variant, value in (("S24", 1e-5), ("M36", 1e-6)):
-        config = config_lib.poolformer_model(variant)
+        config = models.config("poolformer", variant=variant)
         config.depths, config.dims = (1,), (8,)
         model = models.build(config)
         params = flax.core.meta.unbox(model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))["params"]
@@ -132,7 +132,7 @@ def test_drop_path_rises_linearly_over_all_blocks():
 @pytest.mark.parametrize("use_fuser", [False, True])
 @pytest.mark.parametrize("stage", [1, 3])
 def test_token_learner_in_a_stage(use_fuser, stage):
-    config = tiny_config(mixers=("attention",), tl_enabled=True, tl_stage=stage, tl_num_tokens=4,
+    config = tiny_config(mixers=("attention",), tl_enabled=True, tl_location=stage, tl_num_tokens=4,
                          tl_use_fuser=use_fuser)
     _, variables, logits, inter = init_and_apply(config, IMAGES)
     assert logits.shape == (2, 7)
@@ -148,7 +148,7 @@ def test_token_learner_in_a_stage(use_fuser, stage):
 def test_fused_token_learner_stage_starts_as_the_identity():
     """With the fuser and the stage's layer scales at 0, the stage's blocks add nothing, and the zero-
     initialised fuser adds nothing: the logits equal those of the model with the stage's blocks skipped."""
-    config = tiny_config(tl_enabled=True, tl_stage=3, tl_use_fuser=True, layer_scale_init=1e-30)
+    config = tiny_config(tl_enabled=True, tl_location=3, tl_use_fuser=True, layer_scale_init=1e-30)
     _, variables, with_tl, _ = init_and_apply(config, IMAGES)
     plain = models.build(tiny_config(layer_scale_init=1e-30))
     params = dict(variables["params"])
@@ -157,8 +157,8 @@ def test_fused_token_learner_stage_starts_as_the_identity():
 
 
 def test_token_learner_shrinks_the_last_stage_macs():
-    base = config_lib.poolformer_model("S12")
-    tl = config_lib.poolformer_model("S12", token_learner=True, stage=3, num_tokens=8)
+    base = models.config("poolformer", variant="S12")
+    tl = models.config("poolformer", variant="S12", token_learner=dict(enabled=True, location=3, num_tokens=8))
     base_macs = flops.matmul_macs(models.build(base), (224, 224, 3))
     tl_macs = flops.matmul_macs(models.build(tl), (224, 224, 3))
     # Stage 4's blocks (2 x 49 positions x 8 x 512^2 MACs) now see 8 tokens instead of 7 x 7.
@@ -184,7 +184,7 @@ def test_features_without_classes():
     (dict(mixers=("convolution",)), "config.model.mixers"),
     (dict(dims=(8, 16)), "config.model.depths"),
     (dict(head_norm="batch_norm"), "config.model.head_norm='batch_norm'"),
-    (dict(tl_enabled=True, tl_stage=4), "config.model.token_learner.stage=4"),
+    (dict(tl_enabled=True, tl_location=4), "config.model.token_learner.location=4"),
 ])
 def test_bad_model_configs_name_the_field(override, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -193,7 +193,7 @@ def test_bad_model_configs_name_the_field(override, message):
 
 def test_bfloat16_compute_keeps_float32_parameters():
     config = tiny_config(dtype="bfloat16", mixers=("pooling", "attention", "depthwise_conv", "spatial_mlp"),
-                         tl_enabled=True, tl_stage=2, tl_use_fuser=True)
+                         tl_enabled=True, tl_location=2, tl_use_fuser=True)
     _, variables, logits, _ = init_and_apply(config, IMAGES)
     assert {x.dtype for x in jax.tree.leaves(variables["params"])} == {jnp.dtype("float32")}
     assert logits.dtype == jnp.float32 and np.all(np.isfinite(np.asarray(logits)))

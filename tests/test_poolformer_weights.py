@@ -10,8 +10,8 @@ import pytest
 import safetensors.numpy
 from flax import traverse_util
 
-from conftest import ROOT
-from tokenlearner_jax import config_lib, convert, models
+from helpers import ROOT
+from tokenlearner_jax import convert, recipes, models
 from tokenlearner_jax import weights
 from tokenlearner_jax.models import flops
 from tokenlearner_jax.weights import poolformer as poolformer_weights
@@ -23,7 +23,7 @@ FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 def load_tiny():
     tensors = safetensors.numpy.load_file(os.path.join(FIXTURES, "poolformer_tiny.safetensors"))
     io = dict(np.load(os.path.join(FIXTURES, "poolformer_tiny_io.npz")))
-    config = config_lib.poolformer_model("S12", num_classes=io["logits"].shape[-1])
+    config = models.config("poolformer", variant="S12", num_classes=io["logits"].shape[-1])
     config.depths = tuple(int(d) for d in io["depths"])
     config.dims = tuple(int(d) for d in io["dims"])
     config.head_norm = "pooled_layer_norm"
@@ -61,7 +61,7 @@ def test_the_full_size_s12_layout_maps_completely():
     with open(os.path.join(FIXTURES, "poolformer_s12_keys.json"), encoding="utf-8") as f:
         layout = json.load(f)["tensors"]
     tensors = {name: np.zeros(shape, np.float32) for name, shape in layout.items()}
-    config = config_lib.poolformer_model("S12", num_classes=1000)
+    config = models.config("poolformer", variant="S12", num_classes=1000)
     config.head_norm = "pooled_layer_norm"
     params = poolformer_weights.from_safetensors(tensors, config)["params"]
     ours = flops.abstract_variables(models.build(config), (224, 224, 3))["params"]
@@ -99,7 +99,7 @@ def test_the_papers_head_order_is_refused():
 
 
 def full_config(model_config):
-    config = config_lib.base_config()
+    config = recipes.base()
     config.dataset.image_size = 64
     config.model = model_config
     return config
@@ -124,7 +124,7 @@ def test_token_learner_in_stage_4_starts_fresh_on_timms_weights():
     """PoolFormer + TokenLearner (with fuser) before stage 4 from a timm checkpoint: the stage's blocks
     keep their names, so only the TokenLearner / TokenFuser parameters are new."""
     _, _, model_config = load_tiny()
-    model_config.token_learner.update(enabled=True, stage=3, num_tokens=4, use_fuser=True)
+    model_config.token_learner.update(enabled=True, location=3, num_tokens=4, use_fuser=True)
     config = full_config(model_config)
     config.init_from.fresh_if_missing = ("/token_learner/",)
     source = init_from.load_source(os.path.join(FIXTURES, "poolformer_tiny.safetensors"), config.model)

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from conftest import run_python
+from helpers import run_python
 
 
 def test_sharded_mesh_matches_one_device():

@@ -1,4 +1,4 @@
-"""Sweeps: the helpers of sweep_lib, and `python -m tokenlearner_jax.sweep` running tiny sweeps through
+"""Sweeps: the helpers of recipes/sweeps.py, and `python -m tokenlearner_jax.sweep` running tiny sweeps through
 main.py (a failing point, skipping finished points, a stopped sweep resuming, --print-commands)."""
 
 import csv
@@ -14,15 +14,15 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from conftest import ROOT, run_python
-from tokenlearner_jax import sweep_lib
+from helpers import ROOT, run_python
+from tokenlearner_jax.recipes import sweeps
 
 # A tiny ViT + TokenLearner on digits (as test_trainer.py's TINY), with a sweep; {points} is filled in.
 SWEEP_CONFIG = '''
-from tokenlearner_jax import sweep_lib
+from tokenlearner_jax.recipes import sweeps
 
 def get_config(arg=None):
-    config = sweep_lib.load_module({quickstart!r}).get_config()
+    config = sweeps.load_module({quickstart!r}).get_config()
     config.model.width, config.model.depth, config.model.num_heads, config.model.mlp_dim = 32, 2, 2, 64
     config.model.token_learner.location = 1
     config.dataset.image_size, config.dataset.shift_pixels = 16, 1
@@ -47,39 +47,39 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
-# ------------------------------------------------------------------------------------------- sweep_lib
+# ------------------------------------------------------------------------------------------- sweeps
 
 def test_product_zip_and_axis_build_points():
-    tokens = sweep_lib.axis("config.model.token_learner.num_tokens", [8, 16])
-    seeds = sweep_lib.axis("seed", [0, 1, 2])
-    points = sweep_lib.product(tokens, seeds)
+    tokens = sweeps.axis("config.model.token_learner.num_tokens", [8, 16])
+    seeds = sweeps.axis("seed", [0, 1, 2])
+    points = sweeps.product(tokens, seeds)
     assert len(points) == 6
     assert points[0] == {"model.token_learner.num_tokens": 8, "seed": 0}  # 'config.' stripped
     assert points[5] == {"model.token_learner.num_tokens": 16, "seed": 2}  # the first axis varies slowest
-    zipped = sweep_lib.zip(sweep_lib.axis("optimizer.learning_rate", [1e-3, 3e-3]), sweep_lib.axis("seed", [4, 5]))
+    zipped = sweeps.zip(sweeps.axis("optimizer.learning_rate", [1e-3, 3e-3]), sweeps.axis("seed", [4, 5]))
     assert zipped == [{"optimizer.learning_rate": 1e-3, "seed": 4}, {"optimizer.learning_rate": 3e-3, "seed": 5}]
     with pytest.raises(ValueError, match="equal length"):
-        sweep_lib.zip(tokens, seeds)
+        sweeps.zip(tokens, seeds)
     with pytest.raises(ValueError, match="disagree on seed"):
-        sweep_lib.product(sweep_lib.axis("seed", [0]), sweep_lib.axis("seed", [1]))
+        sweeps.product(sweeps.axis("seed", [0]), sweeps.axis("seed", [1]))
 
 
 def test_point_names_use_short_keys_unless_ambiguous():
     points = [{"model.dropout_rate": 0.1, "model.token_learner.num_tokens": 8},
               {"model.dropout_rate": 0.0, "mixup.prob": 0.5}]
-    assert sweep_lib.point_name(points[0], points) == "dropout_rate=0.1,num_tokens=8"
+    assert sweeps.point_name(points[0], points) == "dropout_rate=0.1,num_tokens=8"
     clash = [{"model.token_learner.location": 0.5, "seed": 1}, {"model.token_learner.enabled": False, "x.seed": 2}]
-    assert sweep_lib.point_name(clash[0], clash) == "location=0.5,seed=1"
-    assert sweep_lib.point_name(clash[1], clash) == "enabled=False,x.seed=2"
-    assert sweep_lib.point_name({"dataset.data_dir": "/data/x y"}, []) == "data_dir=_data_x_y"
-    assert sweep_lib.point_name({}, [{}]) == "default"
+    assert sweeps.point_name(clash[0], clash) == "location=0.5,seed=1"
+    assert sweeps.point_name(clash[1], clash) == "enabled=False,x.seed=2"
+    assert sweeps.point_name({"dataset.data_dir": "/data/x y"}, []) == "data_dir=_data_x_y"
+    assert sweeps.point_name({}, [{}]) == "default"
 
 
 def test_flags_parse_back_through_main_py_config_flags():
     point = {"model.token_learner.num_tokens": 16, "model.token_learner.enabled": False,
              "optimizer.learning_rate": 0.001, "optimizer.weight_decay_exclude": ("/bias$", "a b"),
              "dataset.data_dir": "/x y", "sharding_rules": (("embed", "fsdp"),)}
-    argv = ["main.py", "--config=configs/quickstart.py", *sweep_lib.to_flags(point)]
+    argv = ["main.py", "--config=configs/quickstart.py", *sweeps.to_flags(point)]
     flag_values = flags.FlagValues()
     config_flags.DEFINE_config_file("config", None, flag_values=flag_values, lock_config=True, sys_argv=argv)
     flag_values(argv)
@@ -92,20 +92,20 @@ def test_flags_parse_back_through_main_py_config_flags():
 
 def test_resolve_rejects_misspelt_fields_and_wrong_types(tmp_path):
     config = write_sweep_config(tmp_path, "[]")
-    assert sweep_lib.resolve(config, {"model.token_learner.num_tokens": 4}).model.token_learner.num_tokens == 4
+    assert sweeps.resolve(config, {"model.token_learner.num_tokens": 4}).model.token_learner.num_tokens == 4
     with pytest.raises(KeyError, match="num_token"):
-        sweep_lib.resolve(config, {"model.token_learner.num_token": 4})
+        sweeps.resolve(config, {"model.token_learner.num_token": 4})
     with pytest.raises(TypeError):
-        sweep_lib.resolve(config, {"model.token_learner.num_tokens": "eight"})
+        sweeps.resolve(config, {"model.token_learner.num_tokens": "eight"})
     with pytest.raises(ValueError, match="returned no points"):
-        sweep_lib.load_sweep(config)
+        sweeps.load_sweep(config)
     with pytest.raises(ValueError, match="no get_sweep"):
-        sweep_lib.load_sweep(os.path.join(ROOT, "configs", "quickstart.py"))
+        sweeps.load_sweep(os.path.join(ROOT, "configs", "quickstart.py"))
 
 
 def test_print_commands_and_early_rejection_of_a_bad_point(tmp_path):
-    config = write_sweep_config(tmp_path, "sweep_lib.product(sweep_lib.axis('model.token_learner.num_tokens', "
-                                          "[2, 4]), sweep_lib.axis('seed', [0, 1]))")
+    config = write_sweep_config(tmp_path, "sweeps.product(sweeps.axis('model.token_learner.num_tokens', "
+                                          "[2, 4]), sweeps.axis('seed', [0, 1]))")
     proc = run_python(["-m", "tokenlearner_jax.sweep", f"--config={config}", "--workdir=/sweeps/a b",
                        "--print-commands", "--", "--config.num_train_steps=7"])
     lines = proc.stdout.strip().splitlines()
@@ -115,7 +115,7 @@ def test_print_commands_and_early_rejection_of_a_bad_point(tmp_path):
                                      "--config.model.token_learner.num_tokens=4", "--config.seed=1",
                                      "--config.num_train_steps=7"]
     # A point the config rejects (location past the depth) stops the sweep before anything runs.
-    bad = write_sweep_config(tmp_path, "sweep_lib.axis('model.token_learner.location', [1, 5])")
+    bad = write_sweep_config(tmp_path, "sweeps.axis('model.token_learner.location', [1, 5])")
     proc = run_python(["-m", "tokenlearner_jax.sweep", f"--config={bad}", f"--workdir={tmp_path / 'bad'}"],
                       check=False)
     assert proc.returncode != 0 and "location=5" in proc.stderr

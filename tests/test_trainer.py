@@ -10,35 +10,10 @@ import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
-from conftest import ROOT, run_python
-from tokenlearner_jax.train import metrics_log
-
-# A tiny ViT + TokenLearner on digits; every test run goes through main.py's flag parsing.
-TINY = [
-    "--config=configs/quickstart.py",
-    "--config.model.width=32", "--config.model.depth=2", "--config.model.num_heads=2",
-    "--config.model.mlp_dim=64", "--config.model.token_learner.location=1",
-    "--config.dataset.image_size=16", "--config.batch_size=32", "--config.eval_batch_size=100",
-    "--config.log_every_steps=2", "--config.optimizer.warmup_steps=2", "--config.dataset.shift_pixels=1",
-]
-
-
-def main_py(workdir, *extra, **kwargs):
-    return run_python(["main.py", f"--workdir={workdir}", *TINY, *extra], **kwargs)
-
-
-def final_params(workdir, key="params"):
-    """The parameters (or another TrainState field, e.g. 'ema_params') of the newest checkpoint of a
-    workdir, as numpy."""
-    directory = os.path.join(workdir, "checkpoints")
-    with ocp.CheckpointManager(directory, item_names=("state",)) as manager:
-        step = manager.latest_step()
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    return step, jax.tree.map(np.asarray, restored["state"][key])
-
+from helpers import ROOT, TINY, final_params, main_py, parse_config, run_python
+from tokenlearner_jax.train import metrics_log, trainer
 
 def test_quick_run_trains_evaluates_and_writes_its_records(tmp_path):
     workdir = str(tmp_path / "run")
@@ -110,10 +85,10 @@ def test_vit_b16_tl_half_without_imagenet_explains_how_to_prepare_it(tmp_path):
 
 
 def test_vit_b16_tl_half_runs_one_step_on_synthetic_data(tmp_path):
-    run_python(["main.py", "--config=configs/vit_b16_tl_half.py", f"--workdir={tmp_path}",
-                "--config.dataset.name=synthetic", "--config.batch_size=2", "--config.eval_batch_size=2",
-                "--config.num_train_steps=1", "--config.dataset.synthetic_eval_size=2",
-                "--config.dataset.num_workers=0"])
+    trainer.run(parse_config(["--config=configs/vit_b16_tl_half.py", "--config.dataset.name=synthetic",
+                              "--config.batch_size=2", "--config.eval_batch_size=2", "--config.num_train_steps=1",
+                              "--config.dataset.synthetic_eval_size=2", "--config.dataset.num_workers=0"]),
+                str(tmp_path))
     records = metrics_log.read_metrics(str(tmp_path))
     assert records[0]["model/num_params"] == pytest.approx(86.6e6, rel=0.01)
     assert [r["step"] for r in records if "eval/accuracy" in r] == [1]
@@ -134,7 +109,16 @@ def test_vit_b16_tl_half_runs_one_step_on_synthetic_data(tmp_path):
     ("--config.mesh.data=3", "config.mesh"),
     ("--config.eval_every_steps=-1", "config.eval_every_steps=-1"),
 ])
-def test_bad_config_values_are_rejected_with_the_field_named(tmp_path, override, message):
-    proc = main_py(str(tmp_path), override, check=False)
+def test_bad_config_values_are_rejected_with_the_field_named(override, message):
+    """Everything main.py checks before training: the flags, the fields, the dataset, the mesh."""
+    with pytest.raises(Exception) as error:
+        config = parse_config([*TINY, override])
+        trainer.validate(config)
+        trainer.Setup(config, trainer.resolve_dataset(config), total_steps=1)
+    assert message in str(error.value)
+
+
+def test_main_py_reports_a_bad_value_and_fails(tmp_path):
+    proc = main_py(str(tmp_path), "--config.model.token_learner.num_tokens=100", check=False)
     assert proc.returncode != 0
-    assert message in proc.stderr, proc.stderr[-2000:]
+    assert "config.model.token_learner.num_tokens=100: expected at most the 16 patches" in proc.stderr

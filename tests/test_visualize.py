@@ -5,8 +5,9 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from conftest import run_python
+from helpers import parse_config, run_python
 from tokenlearner_jax import visualize
+from tokenlearner_jax.train import trainer
 
 # The quickstart at 32x32 with patch 4 (an 8x8 grid), 8 tokens before layer 1 of a small 2-layer ViT.
 MODEL = ["--config=configs/quickstart.py", "--config.model.width=32", "--config.model.depth=2",
@@ -17,8 +18,8 @@ MODEL = ["--config=configs/quickstart.py", "--config.model.width=32", "--config.
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("visualize") / "run")
-    run_python(["main.py", f"--workdir={path}", *MODEL, "--config.num_train_steps=30",
-                "--config.log_every_steps=5", "--config.eval_every_steps=15", "--config.optimizer.warmup_steps=5"])
+    trainer.run(parse_config([*MODEL, "--config.num_train_steps=30", "--config.log_every_steps=5",
+                              "--config.eval_every_steps=15", "--config.optimizer.warmup_steps=5"]), path)
     return path
 
 

@@ -7,32 +7,31 @@ import ml_collections
 import numpy as np
 import pytest
 
-from tokenlearner_jax import config_lib, models
-from tokenlearner_jax.models import vit
+from tokenlearner_jax import models
 from tokenlearner_jax.models import flops
 
-# ../shared/reference/models.md (timm's counts, 1000 classes, class token).
+# Published (timm's counts, 1000 classes, class token).
 PUBLISHED_PARAMS_M = {"S/16": 22.05, "B/16": 86.57, "B/32": 88.22, "L/16": 304.33}
 
 
 @pytest.mark.parametrize("variant", sorted(PUBLISHED_PARAMS_M))
 def test_parameter_counts_match_the_reference_sheet(variant):
-    model = models.build(config_lib.vit_model(variant, classifier="token"))
+    model = models.build(models.config("vit", variant=variant, classifier="token"))
     count = flops.count_params(flops.abstract_variables(model, (224, 224, 3))["params"])
     assert count / 1e6 == pytest.approx(PUBLISHED_PARAMS_M[variant], abs=0.006)
 
 
 def test_token_learner_adds_only_its_own_parameters():
-    def count(**kwargs):
-        model = models.build(config_lib.vit_model("B/16", **kwargs))
+    def count(**token_learner):
+        model = models.build(models.config("vit", variant="B/16", token_learner=token_learner))
         return flops.count_params(flops.abstract_variables(model, (224, 224, 3))["params"])
 
     # v1.1: LayerNorm (2*768) + Dense 768->64 + Dense 64->8, with biases.
-    assert count(token_learner=True, num_tokens=8) - count() == 2 * 768 + 768 * 64 + 64 + 64 * 8 + 8
+    assert count(enabled=True, num_tokens=8) - count() == 2 * 768 + 768 * 64 + 64 + 64 * 8 + 8
 
 
 def tiny_config(**overrides):
-    config = config_lib.vit_model("S/4", num_classes=7, classifier="gap")
+    config = models.config("vit", variant="S/4", num_classes=7, classifier="gap")
     config.width, config.depth, config.num_heads, config.mlp_dim = 32, 4, 2, 64
     for key, value in overrides.items():
         if key.startswith("tl_"):
@@ -79,19 +78,9 @@ def test_fuser_layers_start_as_identity_on_patch_tokens():
     np.testing.assert_allclose(np.asarray(with_fuser), np.asarray(plain.apply(pruned, images)), atol=1e-5)
 
 
-def test_location_as_fraction_or_layer_index():
-    assert vit.token_learner_layer(0.5, 12) == 6
-    assert vit.token_learner_layer(0.25, 12) == 3
-    assert vit.token_learner_layer(0.0, 12) == 0
-    assert vit.token_learner_layer(9, 12) == 9
-    for bad in (12, 2.5, -0.1):
-        with pytest.raises(ValueError, match="token_learner.location"):
-            vit.token_learner_layer(bad, 12)
-
-
 def test_token_learner_halves_the_macs_of_vit_b16():
-    base = models.build(config_lib.vit_model("B/16"))
-    half = models.build(config_lib.vit_model("B/16", token_learner=True, location=0.5, num_tokens=8))
+    base = models.build(models.config("vit", variant="B/16"))
+    half = models.build(models.config("vit", variant="B/16", token_learner=dict(enabled=True, location=0.5, num_tokens=8)))
     ratio = flops.forward_macs(half, (224, 224, 3)) / flops.forward_macs(base, (224, 224, 3))
     # Paper's bar chart: about 9.2 against 17.6 GMACs.
     assert 0.5 < ratio < 0.56
@@ -124,4 +113,4 @@ def test_registry_rejects_unknown_models():
     with pytest.raises(ValueError, match="not a registered model"):
         models.build(ml_collections.ConfigDict({"name": "resnet"}))
     with pytest.raises(ValueError, match="variant"):
-        models.build(config_lib.vit_model("X/16"))
+        models.build(models.config("vit", variant="X/16"))

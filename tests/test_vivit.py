@@ -11,10 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_python
-from tokenlearner_jax import config_lib, models
+from helpers import ROOT, load_config, parse_config, run_python, validate
+from tokenlearner_jax import models, recipes
 from tokenlearner_jax.layers import PatchEmbedding
-from tokenlearner_jax.train import metrics_log
+from tokenlearner_jax.train import metrics_log, trainer
 from tokenlearner_jax.weights import init_from
 
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
@@ -24,8 +24,8 @@ IMAGES = np.load(os.path.join(FIXTURES, "vit_tiny_io.npz"))["images"]  # [2, 16,
 
 
 def tiny_vivit(encoder="joint", classifier="token", tubelet_frames=2, **token_learner):
-    config = config_lib.vivit_model("S/4", tubelet_frames=tubelet_frames, encoder=encoder, num_classes=5,
-                                    classifier=classifier, **token_learner)
+    config = models.config("vivit", variant="S/4", tubelet_frames=tubelet_frames, encoder=encoder, num_classes=5,
+                           classifier=classifier, token_learner=token_learner)
     config.width, config.depth, config.num_heads, config.mlp_dim, config.temporal_depth = 32, 2, 2, 64, 1
     return config
 
@@ -67,7 +67,7 @@ def test_token_learner_learns_tokens_per_temporal_slice(encoder, location, use_f
     and the tokens of a slice depend only on that slice's frames. (Where TokenLearner runs on the patch
     embeddings, location 0 of the joint encoder, or inside the per-slice spatial encoder of the factorised
     one; later joint layers mix the slices before it.)"""
-    config = tiny_vivit(encoder, token_learner=True, location=location, num_tokens=3, use_fuser=use_fuser)
+    config = tiny_vivit(encoder, enabled=True, location=location, num_tokens=3, use_fuser=use_fuser)
     model, variables = init(config, (8, 16, 16, 3))
     videos = np.random.default_rng(0).normal(size=(2, 8, 16, 16, 3)).astype(np.float32)
     apply = jitted(model, capture_intermediates=True)
@@ -105,7 +105,7 @@ def test_both_encoders_and_their_parameters():
 
 
 def tiny_2d(classifier="token"):
-    config = config_lib.vit_model("S/4", num_classes=5, classifier=classifier)
+    config = models.config("vit", variant="S/4", num_classes=5, classifier=classifier)
     config.width, config.depth, config.num_heads, config.mlp_dim = 32, 2, 2, 64
     return config
 
@@ -121,7 +121,7 @@ def inflated_variables(path, config, video_shape, inflate):
     (weight map, reconcile, kernel inflation); the temporal parameters keep their initial values."""
     _, variables = init(config, video_shape, seed=1)
     variables = flax.core.meta.unbox(variables)
-    init_config = config_lib.base_config().init_from
+    init_config = recipes.base().init_from
     init_config.fresh_if_missing += (r"^temporal_",)
     init_config.inflate = inflate
     values, report = init_from.reconcile(init_from.load_source(path, config), variables, init_config)
@@ -201,9 +201,8 @@ def test_filter_inflation_on_a_static_video():
 
 
 def test_multi_view_evaluation_averages_the_logits():
-    from tokenlearner_jax.train import trainer  # pylint: disable=import-outside-toplevel
 
-    config = config_lib.base_config()
+    config = recipes.base()
     config.dataset.update(dict(name="synthetic", image_size=16, num_frames=4, num_classes=5))
     config.model = tiny_vivit()
     config.batch_size = config.eval_batch_size = 2
@@ -216,7 +215,7 @@ def test_multi_view_evaluation_averages_the_logits():
     batch = setup.to_global({"image": videos, "label": labels, "mask": np.ones(2, np.float32)})
     with setup.context():
         sums = jax.device_get(setup.eval_step(state, batch))
-    logits = run(setup.model, {"params": state.params}, videos.reshape(6, 4, 16, 16, 3))[0].reshape(2, 3, 5)
+    logits = run(setup.task.model, {"params": state.params}, videos.reshape(6, 4, 16, 16, 3))[0].reshape(2, 3, 5)
     mean = np.asarray(logits).mean(axis=1)
     expected_loss = -np.take_along_axis(jax.nn.log_softmax(mean), labels[:, None], axis=1).sum()
     np.testing.assert_allclose(sums["loss"], expected_loss, rtol=1e-5)
@@ -231,7 +230,7 @@ K400_SMALL = ["--config.dataset.name=synthetic", "--config.batch_size=2", "--con
 
 
 def test_vivit_k400_runs_one_step_on_synthetic_videos(tmp_path):
-    run_python(["main.py", "--config=configs/vivit_b16x2_tl_k400.py", f"--workdir={tmp_path}", *K400_SMALL])
+    trainer.run(parse_config(["--config=configs/vivit_b16x2_tl_k400.py", *K400_SMALL]), str(tmp_path))
     records = metrics_log.read_metrics(str(tmp_path))
     # ViT-B/16 (86.6M with a 1000-class head) + a second frame in the patch kernel + the 400-class head.
     assert records[0]["model/num_params"] == pytest.approx(86.6e6 + 16 * 16 * 3 * 768 - 600 * 769, rel=0.002)
@@ -259,8 +258,8 @@ def test_vivit_kinetics_without_the_data_explains_the_layout(tmp_path, config_fi
     ("init_from.inflate", "mean", "config.init_from.inflate='mean'"),
 ])
 def test_bad_vivit_config_values_name_the_field(field, value, message):
-    config = config_lib.kinetics_vivit_config(400)
+    config = load_config("vivit_b16x2_tl_k400.py")
     section, name = field.split(".")
     config[section][name] = value
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        config_lib.validate(config)
+        validate(config)

@@ -26,7 +26,8 @@ import orbax.checkpoint as ocp
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from tokenlearner_jax import config_lib, models
+from tokenlearner_jax import data, models
+from tokenlearner_jax.train import trainer
 from tokenlearner_jax.weights import init_from
 
 FLAGS = flags.FLAGS
@@ -35,10 +36,10 @@ FLAGS = flags.FLAGS
 def initial_variables(config) -> dict:
     """{'params': ..., other collections}: the model's initial values (NumPy-convertible jax arrays)."""
     model = models.build(config.model)
-    size = config.dataset.image_size
+    shape = data.example_shape(config.dataset)
 
     def init(rng):
-        variables = model.init({"params": rng}, jnp.zeros((1, size, size, 3), jnp.float32), train=False)
+        variables = model.init({"params": rng}, jnp.zeros((1,) + shape, jnp.float32), train=False)
         variables = dict(flax.core.meta.unbox(variables))
         variables.pop("intermediates", None)
         return variables
@@ -48,7 +49,7 @@ def initial_variables(config) -> dict:
 
 def convert(config, source: str, output: str) -> init_from.Report:
     """Reads `source`, reconciles it with `config.model` and writes the checkpoint to `output`."""
-    config_lib.validate(config)
+    trainer.validate(config)
     directory = os.path.join(os.path.abspath(output), "checkpoints")
     if os.path.exists(directory) and os.listdir(directory):
         raise FileExistsError(f"--output={output}: {directory} already holds a checkpoint")
@@ -91,6 +92,10 @@ def define_flags():
     flags.mark_flags_as_required(["config", "source", "output"])
 
 
-if __name__ == "__main__":
+def run():
     define_flags()
     app.run(main)
+
+
+if __name__ == "__main__":
+    run()

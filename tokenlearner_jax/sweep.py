@@ -1,4 +1,4 @@
-"""Runs the sweep a config file defines (`get_sweep(arg)`, see sweep_lib.py): one main.py run per point.
+"""Runs the sweep a config file defines (`get_sweep(arg)`, see recipes/sweeps.py): one main.py run per point.
 
   python -m tokenlearner_jax.sweep --config=configs/X.py[:arg] --workdir=ROOT [--parallel=N] [-- FLAGS]
 
@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 
-from tokenlearner_jax import sweep_lib, sweep_results
+from tokenlearner_jax.recipes import sweep_results, sweeps
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXIT_PREEMPTED = 75  # main.py's code for "checkpoint written, rerun resumes" (train/preemption.py)
@@ -49,7 +49,7 @@ def parse_args(argv):
 
 def main_py_command(config: str, workdir: str, point: dict, flags: list[str], python: str = sys.executable,
                     main_py: str = os.path.join(REPO_ROOT, "main.py")) -> list[str]:
-    return [python, main_py, f"--config={config}", f"--workdir={workdir}", *sweep_lib.to_flags(point), *flags]
+    return [python, main_py, f"--config={config}", f"--workdir={workdir}", *sweeps.to_flags(point), *flags]
 
 
 def slot_env(slot: int, gpus_per_point: int) -> dict:
@@ -74,17 +74,17 @@ class Sweep:
 
     def __init__(self, config: str, root: str, flags: list[str]):
         self.config, self.root, self.flags = config, os.path.abspath(root), list(flags)
-        path, arg = sweep_lib.split_config_path(config)
+        path, arg = sweeps.split_config_path(config)
         self.config_for_runs = os.path.abspath(path) + (f":{arg}" if arg else "")  # main.py runs in REPO_ROOT
-        self.points = sweep_lib.load_sweep(config)
-        self.names = [sweep_lib.point_name(point, self.points) for point in self.points]
+        self.points = sweeps.load_sweep(config)
+        self.names = [sweeps.point_name(point, self.points) for point in self.points]
         duplicates = sorted({n for n in self.names if self.names.count(n) > 1})
         if duplicates:
             raise ValueError(f"{config}: get_sweep has repeated points {duplicates}")
-        from tokenlearner_jax import config_lib  # a bad point stops the sweep before anything runs
+        from tokenlearner_jax.train import trainer  # a bad point stops the sweep before anything runs
 
         for point in self.points:
-            config_lib.validate(sweep_lib.resolve(config, point))
+            trainer.validate(sweeps.resolve(config, point))
         self.stop_signal = None
 
     def commands(self) -> list[list[str]]:

@@ -18,7 +18,6 @@ head/kernel + head/bias` at every position (its mean over positions is that clas
 from the top-level grid; titles give the true and predicted class. PNGs go to DIR (default W/pictures).
 """
 
-import json
 import os
 import sys
 
@@ -38,19 +37,9 @@ COMMANDS = ("attention", "curves", "class_attention")
 
 def config_from_workdir(workdir: str) -> ml_collections.ConfigDict:
     """The config a run was trained with, from the config.json the trainer wrote into its workdir."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: pass --config=configs/X.py (with the run's overrides)")
-    with open(path, encoding="utf-8") as f:
-        saved = json.load(f)
-    # Fields added to the defaults after the run was trained take their default values.
-    from tokenlearner_jax import config_lib
+    from tokenlearner_jax import recipes
 
-    config = config_lib.base_config()
-    model = saved.pop("model")
-    config.update(saved)
-    config.model = ml_collections.ConfigDict(model)
-    return config
+    return recipes.from_workdir(workdir)
 
 
 def display_images(images: np.ndarray, normalize: str) -> np.ndarray:
@@ -78,11 +67,11 @@ def run_checkpoint(config, workdir: str, num_images: int) -> dict:
     import flax
     import jax
 
-    from tokenlearner_jax import config_lib, data
+    from tokenlearner_jax import data
     from tokenlearner_jax.train import checkpoint as checkpoint_lib
     from tokenlearner_jax.train import trainer
 
-    config_lib.validate(config)
+    trainer.validate(config)
     info = trainer.resolve_dataset(config)
     setup = trainer.Setup(config, info, trainer.num_train_steps(config, info))
     checkpointer = checkpoint_lib.Checkpointer(os.path.abspath(os.path.join(workdir, "checkpoints")), keep=1,
@@ -94,13 +83,14 @@ def run_checkpoint(config, workdir: str, num_images: int) -> dict:
     checkpointer.close()
     batch = next(iter(data.eval_batches(config.dataset, global_batch_size=num_images)))
     with setup.context():
-        forward = jax.jit(lambda v, x: setup.model.apply(v, x, train=False, mutable=["intermediates"]))
-        logits, intermediates = forward({"params": state.params, **state.model_state}, batch["image"])
+        forward = jax.jit(lambda v, x: setup.task.model.apply(v, x, train=False, mutable=["intermediates"]))
+        variables = setup.task.variables(state)
+        logits, intermediates = forward(variables, batch["image"])
     flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(intermediates["intermediates"]), sep="/")
     labels = np.asarray(batch["label"])
     return dict(step=step, images=display_images(np.asarray(batch["image"]), config.dataset.normalize),
                 labels=labels if labels.ndim == 1 else labels.argmax(-1), logits=np.asarray(logits),
-                predictions=np.asarray(logits).argmax(-1), params=flax.core.meta.unbox(state.params),
+                predictions=np.asarray(logits).argmax(-1), params=flax.core.meta.unbox(variables["params"]),
                 intermediates={name: np.asarray(values[0]) for name, values in flat.items()})
 
 
@@ -287,6 +277,10 @@ def define_flags():
     flags.mark_flags_as_required(["workdir"])
 
 
-if __name__ == "__main__":
+def run():
     define_flags()
     app.run(main)
+
+
+if __name__ == "__main__":
+    run()

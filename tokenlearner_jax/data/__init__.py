@@ -11,6 +11,7 @@ Public API:
                process_count=1, split=None) -> finite iterator of
                dict(image, label, mask=float32 [B]).
   register(name) / names(): the dataset registry.
+  validate(dataset_config): raises ValueError naming a bad field.
 """
 
 # Importing the dataset modules registers them.
@@ -19,7 +20,7 @@ from tokenlearner_jax.data import image_folder  # noqa: F401
 from tokenlearner_jax.data import synthetic  # noqa: F401
 from tokenlearner_jax.data import video  # noqa: F401
 from tokenlearner_jax.data import video_digits  # noqa: F401
-from tokenlearner_jax.data.config import default_dataset_config
+from tokenlearner_jax.data.config import default_dataset_config, example_shape, validate
 from tokenlearner_jax.data.pipeline import DatasetInfo
 from tokenlearner_jax.data.pipeline import eval_batches
 from tokenlearner_jax.data.pipeline import get_info
@@ -35,8 +36,10 @@ __all__ = [
     "DatasetSource",
     "default_dataset_config",
     "eval_batches",
+    "example_shape",
     "get_info",
     "names",
     "register",
     "train_iterator",
+    "validate",
 ]

@@ -72,6 +72,13 @@ def default_dataset_config() -> ml_collections.ConfigDict:
     )
 
 
+def example_shape(config: ml_collections.ConfigDict) -> tuple:
+    """The shape of one preprocessed example: (image_size, image_size, 3), or with num_frames > 0
+    (num_frames, image_size, image_size, 3)."""
+    size = config.image_size
+    return ((config.num_frames,) if config.num_frames > 0 else ()) + (size, size, 3)
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming the offending field of a bad dataset config."""
     if config.augment not in AUGMENTATIONS:

@@ -1,8 +1,9 @@
-"""Synthetic dataset: random uint8 images and labels, generated on the fly.
+"""Synthetic datasets: random uint8 images and labels, generated on the fly.
 
 Element i of a split is a deterministic function of (split, i): images are
 uint8 [image_size, image_size, 3] (videos uint8 [num_frames, image_size, image_size, 3] when
-config.dataset.num_frames > 0), labels uniform in [0, num_classes).
+config.dataset.num_frames > 0). 'synthetic': one label uniform in [0, num_classes);
+'synthetic_multilabel': a set of one to three distinct classes (multi-hot targets).
 """
 
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ class _RandomSplit(Sequence):
     image_size: int
     num_classes: int
     num_frames: int = 0
+    multi_label: bool = False
 
     def __len__(self) -> int:
         return self.size
@@ -39,6 +41,9 @@ class _RandomSplit(Sequence):
         s = self.image_size
         frames = (self.num_frames,) if self.num_frames > 0 else ()
         image = rng.integers(0, 256, size=frames + (s, s, 3), dtype=np.uint8)
+        if self.multi_label:
+            count = int(rng.integers(1, min(3, self.num_classes) + 1))
+            return {"image": image, "label": np.sort(rng.choice(self.num_classes, size=count, replace=False))}
         return {"image": image, "label": int(rng.integers(self.num_classes))}
 
 
@@ -58,16 +63,26 @@ class SyntheticSource(DatasetSource):
         if split not in _SPLIT_IDS:
             raise ValueError(f"synthetic has splits {sorted(_SPLIT_IDS)}, not {split!r}")
         size = self.train_size if split == "train" else self.eval_size
-        return _RandomSplit(_SPLIT_IDS[split], size, self.image_size, self.num_classes, self.num_frames)
+        return _RandomSplit(_SPLIT_IDS[split], size, self.image_size, self.num_classes, self.num_frames,
+                            self.multi_label)
 
 
 @registry.register("synthetic")
 def build(config: ml_collections.ConfigDict) -> SyntheticSource:
+    return _build(config, multi_label=False)
+
+
+@registry.register("synthetic_multilabel")
+def build_multilabel(config: ml_collections.ConfigDict) -> SyntheticSource:
+    return _build(config, multi_label=True)
+
+
+def _build(config: ml_collections.ConfigDict, multi_label: bool) -> SyntheticSource:
     num_classes = DEFAULT_NUM_CLASSES if config.num_classes == -1 else config.num_classes
     return SyntheticSource(
-        name="synthetic",
+        name=config.name,
         num_classes=num_classes,
-        multi_label=False,
+        multi_label=multi_label,
         natural_images=False,
         image_size=config.image_size,
         train_size=config.synthetic_train_size,

@@ -1,6 +1,6 @@
 """Few-shot linear evaluation of frozen features: the math, in NumPy (float64), no model involved.
 
-The protocol of the ViT and TokenLearner papers (../shared/reference/models.md): for k shots per
+The protocol of the ViT and TokenLearner papers (arXiv 2010.11929, 2106.11297): for k shots per
 class and several seeds, draw k training examples per class, whiten the features with that set's
 mean and standard deviation, append a constant bias feature, regress targets in {-1, +1} (one-hot)
 by closed-form ridge regression, predict by argmax, and report the test accuracy per seed and its mean.

@@ -12,6 +12,7 @@ seeds) and `fewshot/<key>_<k>shot_seed<s>`.
 
 import logging
 import time
+from typing import Callable
 
 import jax
 import ml_collections
@@ -44,14 +45,20 @@ def parse_dataset(entry: str) -> tuple:
 
 
 class FewShotEvaluator:
-    """Runs `config.fewshot` for the model of a trainer `Setup` (its mesh, shardings and batch placement).
+    """Runs `config.fewshot` with a jitted features function on the trainer's mesh.
+
+    Args:
+      config: the run config (its `fewshot`, `dataset` and `eval_batch_size`).
+      features_step: `(variables, global batch) -> (features [batch, dim], labels [batch], mask [batch])`,
+        jitted with replicated outputs (the trainer's `Setup.fewshot_evaluator` makes it from the task).
+      to_global: process-local batch -> global arrays.
+      context: a context manager factory under which the step runs (mesh and sharding rules).
 
     `skipped` maps the key of every dataset found unavailable to the reason; it is not tried again."""
 
-    def __init__(self, config, setup):
+    def __init__(self, config, features_step: Callable, to_global: Callable, context: Callable):
         fs = config.fewshot
         self.config = config
-        self.setup = setup
         self.datasets = [parse_dataset(entry) for entry in fs.datasets]
         if not self.datasets:
             raise ValueError("config.fewshot.datasets is empty: name at least one dataset, e.g. ('digits',)")
@@ -59,15 +66,9 @@ class FewShotEvaluator:
             raise ValueError(f"config.fewshot: expected seeds >= 1 and shots >= 1, got seeds={fs.seeds}, "
                              f"shots={fs.shots}")
         self.skipped = {}
-        shardings = setup.state_shardings
-        variable_shardings = {"params": shardings.params, **shardings.model_state}
-        self._features = jax.jit(self._features_fn, in_shardings=(variable_shardings, setup.batch_sharding),
-                                 out_shardings=setup.replicated)
-
-    def _features_fn(self, variables, batch):
-        """Pre-logit features `[batch, dim]` with the batch's labels and mask."""
-        _, state = self.setup.model.apply(variables, batch["image"], train=False, mutable=["intermediates"])
-        return state["intermediates"]["pre_logits"][0], batch["label"], batch["mask"]
+        self._features = features_step
+        self._to_global = to_global
+        self._context = context
 
     def _dataset_config(self, name: str, train_split: str, test_split: str) -> ml_collections.ConfigDict:
         dataset = ml_collections.ConfigDict(self.config.dataset.to_dict())
@@ -83,19 +84,19 @@ class FewShotEvaluator:
                                     split=split)
         features, labels = [], []
         for batch in batches:
-            out = self._features(variables, self.setup.to_global(batch))
+            out = self._features(variables, self._to_global(batch))
             batch_features, batch_labels, mask = (np.asarray(x.addressable_data(0)) for x in out)
             keep = mask > 0
             features.append(batch_features[keep])
             labels.append(batch_labels[keep])
         return np.concatenate(features).astype(np.float32), np.concatenate(labels)
 
-    def run(self, params, model_state) -> dict:
-        """{'fewshot/<key>_<k>shot': mean accuracy, 'fewshot/<key>_<k>shot_seed<s>': accuracy}."""
+    def run(self, variables: dict) -> dict:
+        """{'fewshot/<key>_<k>shot': mean accuracy, 'fewshot/<key>_<k>shot_seed<s>': accuracy} for the
+        model `variables` ({'params': ..., other collections})."""
         fs = self.config.fewshot
-        variables = {"params": params, **model_state}
         metrics = {}
-        with self.setup.context():
+        with self._context():
             for key, name, train_split, test_split in self.datasets:
                 if key in self.skipped:  # reported at the first evaluation
                     continue

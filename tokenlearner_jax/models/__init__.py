@@ -5,4 +5,4 @@ from tokenlearner_jax.models import nest  # noqa: F401  (registers 'nest')
 from tokenlearner_jax.models import poolformer  # noqa: F401  (registers 'poolformer')
 from tokenlearner_jax.models import vit  # noqa: F401  (registers 'vit')
 from tokenlearner_jax.models import vivit  # noqa: F401  (registers 'vivit')
-from tokenlearner_jax.models.registry import build, names, register
+from tokenlearner_jax.models.registry import build, config, names, register, validate

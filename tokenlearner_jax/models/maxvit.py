@@ -24,7 +24,7 @@ BatchNorm's statistics are the 'batch_stats' collection: updated in train mode (
 `mutable=['batch_stats']`, as the trainer does for every collection in its model_state), used frozen
 in eval mode.
 
-TokenLearner (`token_learner.stage` = s, layers/stage_tokens.py): after the first block of stage s
+TokenLearner (`token_learner.location` = s, layers/token_learner.py): after the first block of stage s
 (whose strided MBConv downsamples), TokenLearner turns the grid into a 1 x N grid of learned tokens
 and the stage's remaining blocks run on them; without the fuser every later block does too. On
 learned tokens both attention blocks attend over all N tokens at once, without a relative bias (the
@@ -36,13 +36,15 @@ from typing import Optional, Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
-from tokenlearner_jax.layers import blocking, stage_tokens
+from tokenlearner_jax.layers import blocking
+from tokenlearner_jax.layers import token_learner as token_learner_lib
+from tokenlearner_jax.layers.token_learner import StageTokenLearner, TokenLearnerSpec
 from tokenlearner_jax.layers.attention import DropPath, MlpBlock, MultiHeadAttention, layer_norm
 from tokenlearner_jax.layers.partitioning import constrain_batch, param_with_axes
 from tokenlearner_jax.layers.relative_position import RelativePositionBias
-from tokenlearner_jax.models.registry import register
+from tokenlearner_jax.models.registry import check, check_common, register
 
-# name -> (stem widths, depths, dims, drop path rate = 1 - survival); ../shared/reference/models.md
+# name -> (stem widths, depths, dims, drop path rate = 1 - survival); the MaxViT paper (arXiv 2204.01697)
 VARIANTS = {
     "T": ((64, 64), (2, 2, 5, 2), (64, 128, 256, 512), 0.2),
     "S": ((64, 64), (2, 2, 5, 2), (96, 192, 384, 768), 0.3),
@@ -229,7 +231,7 @@ class MaxViTBlock(nn.Module):
 
 class MaxViTStage(nn.Module):
     """`len(drop_path_rates)` MaxViT blocks, the first with stride 2; with a token-learner spec the blocks
-    after the first run on learned tokens (layers/stage_tokens.py).
+    after the first run on learned tokens (layers/token_learner.py).
 
     Attributes:
       width: channels of the stage.
@@ -242,7 +244,7 @@ class MaxViTStage(nn.Module):
     width: int
     drop_path_rates: Tuple[float, ...]
     block: dict
-    token_learner: Optional[stage_tokens.StageTokenSpec] = None
+    token_learner: Optional[TokenLearnerSpec] = None
     on_tokens: bool = False
     dtype: jnp.dtype = jnp.float32
 
@@ -262,7 +264,7 @@ class MaxViTStage(nn.Module):
 
         if self.token_learner is None:
             return run_blocks(x)
-        return stage_tokens.StageTokenLearner(self.token_learner, dtype=self.dtype, name="token_learner")(
+        return StageTokenLearner(self.token_learner, dtype=self.dtype, name="token_learner")(
             x, run_blocks, train=train)
 
 
@@ -292,8 +294,23 @@ class MaxViT(nn.Module):
     attention_dropout_rate: float = 0.0
     bn_momentum: float = 0.99
     bn_epsilon: float = 1e-3
-    token_learner: Optional[stage_tokens.StageTokenSpec] = None
+    token_learner: Optional[TokenLearnerSpec] = None
     dtype: jnp.dtype = jnp.float32
+
+    def check_input(self, input_shape):
+        """Raises ValueError naming the config field when images of `input_shape` do not fit the
+        partitions, or the stage that learns tokens has fewer positions than `num_tokens`."""
+        height, width = input_shape[:2]
+        try:
+            self.partition_sizes(height, width)
+        except ValueError as e:
+            raise ValueError(f"config.dataset.image_size={height}: {e}") from None
+        if self.token_learner is not None:
+            scale = 2 ** (self.token_learner.location + 2)  # stem / 2, then / 2 in every stage's first block
+            positions = (height // scale) * (width // scale)
+            if self.token_learner.num_tokens > positions:
+                raise ValueError(f"config.model.token_learner.num_tokens={self.token_learner.num_tokens}: expected "
+                                 f"at most the {positions} positions of stage {self.token_learner.location}")
 
     def partition_sizes(self, height: int, width: int) -> Tuple[int, int]:
         """(window, grid) for an input image of `height x width`; ValueError when the last stage's map
@@ -325,7 +342,7 @@ class MaxViT(nn.Module):
         for i, (depth, width) in enumerate(zip(self.depths, self.dims)):
             rates = tuple(self.drop_path_rate * (first + j) / max(total - 1, 1) for j in range(depth))
             first += depth
-            tl = self.token_learner if self.token_learner is not None and self.token_learner.stage == i else None
+            tl = self.token_learner if self.token_learner is not None and self.token_learner.location == i else None
             x = MaxViTStage(width, rates, block, tl, on_tokens, dtype=self.dtype, name=f"stage_{i}")(x, train=train)
             on_tokens = on_tokens or (tl is not None and not tl.use_fuser)
 
@@ -338,38 +355,44 @@ class MaxViT(nn.Module):
                         bias_init=param_with_axes(nn.initializers.zeros, ("classes",)))(x)
 
 
+def default_config() -> dict:
+    """Every field of `config.model` for MaxViT. `variant` ('T', 'S', 'B', 'L') sets stem_widths, depths,
+    dims and drop_path_rate (1 - survival); non-empty stem_widths / depths / dims and a non-negative
+    drop_path_rate override it. window_size and grid_size 0 follow the input: the last stage's map
+    height (input / 32 with four stages: 7 at 224, 12 at 384, 16 at 512). bn_momentum is the weight of
+    the old running statistics (TF / Flax convention; torch's momentum is 1 - it).
+    `token_learner.location` is the 0-based stage that runs on learned tokens (-1: the last)."""
+    return dict(
+        variant="T", num_classes=1000, stem_widths=(), depths=(), dims=(), window_size=0, grid_size=0,
+        head_dim=32, mlp_ratio=4, expand_ratio=4, se_ratio=0.25, drop_path_rate=-1.0, dropout_rate=0.0,
+        attention_dropout_rate=0.0, bn_momentum=0.99, bn_epsilon=1e-3, dtype="float32",
+        token_learner=token_learner_lib.default_config(location=-1))
+
+
 def resolve_architecture(config) -> Tuple[Tuple[int, int], Tuple[int, ...], Tuple[int, ...]]:
     """(stem widths, depths, dims) of `config.model`: the variant's unless overridden (non-empty
-    stem_widths / depths / dims)."""
-    if config.variant not in VARIANTS:
-        raise ValueError(f"config.model.variant={config.variant!r}: expected one of {sorted(VARIANTS)}")
+    stem_widths / depths / dims). Raises ValueError naming the field."""
+    check(config.variant in VARIANTS, "variant", config.variant, f"one of {sorted(VARIANTS)}")
     stem, depths, dims, _ = VARIANTS[config.variant]
-    stem = tuple(config.stem_widths) or stem
-    depths = tuple(config.depths) or depths
-    dims = tuple(config.dims) or dims
-    if len(depths) != len(dims) or min(depths) < 1 or min(dims) < 1:
-        raise ValueError(f"config.model.depths={depths} and config.model.dims={dims}: expected positive values, "
-                         f"one of each per stage")
-    if len(stem) != 2 or min(stem) < 1:
-        raise ValueError(f"config.model.stem_widths={stem}: expected two positive widths")
-    bad = [d for d in dims if d % config.head_dim]
-    if config.head_dim < 1 or bad:
-        raise ValueError(f"config.model.dims={dims}: every width must be a multiple of config.model.head_dim="
-                         f"{config.head_dim}")
+    stem, depths, dims = tuple(config.stem_widths) or stem, tuple(config.depths) or depths, tuple(config.dims) or dims
+    check(len(depths) == len(dims) and min(depths) >= 1 and min(dims) >= 1, "depths", depths,
+          f"positive values, one per stage, as many as config.model.dims={dims}")
+    check(len(stem) == 2 and min(stem) >= 1, "stem_widths", stem, "two positive widths")
+    check(config.head_dim >= 1 and all(d % config.head_dim == 0 for d in dims), "head_dim", config.head_dim,
+          f"a divisor of every stage width dims={dims}")
     return stem, depths, dims
 
 
-@register("maxvit")
+@register("maxvit", default_config)
 def build_maxvit(config) -> MaxViT:
-    """Builds a MaxViT from `config.model` (config_lib.maxvit_model)."""
+    """Builds a MaxViT from `config.model` (`default_config`), raising ValueError naming a bad field."""
     stem, depths, dims = resolve_architecture(config)
+    check_common(config)
     for field in ("window_size", "grid_size"):
-        if config[field] < 0:
-            raise ValueError(f"config.model.{field}={config[field]}: expected >= 0 (0: the height of the last "
-                             f"stage's map)")
-    if not 0 < config.bn_momentum < 1:
-        raise ValueError(f"config.model.bn_momentum={config.bn_momentum}: expected in (0, 1), the weight of the "
-                         f"old running statistics (TF / Flax convention)")
+        check(config[field] >= 0, field, config[field], ">= 0 (0: the height of the last stage's map)")
+    check(0 < config.bn_momentum < 1, "bn_momentum", config.bn_momentum,
+          "in (0, 1), the weight of the old running statistics (TF / Flax convention)")
+    drop_path = config.drop_path_rate if config.drop_path_rate >= 0 else VARIANTS[config.variant][3]
     return MaxViT(
         num_classes=config.num_classes,
         stem_widths=stem,
@@ -381,11 +404,11 @@ def build_maxvit(config) -> MaxViT:
         mlp_ratio=config.mlp_ratio,
         expand_ratio=config.expand_ratio,
         se_ratio=config.se_ratio,
-        drop_path_rate=config.drop_path_rate,
+        drop_path_rate=drop_path,
         dropout_rate=config.dropout_rate,
         attention_dropout_rate=config.attention_dropout_rate,
         bn_momentum=config.bn_momentum,
         bn_epsilon=config.bn_epsilon,
-        token_learner=stage_tokens.spec_from_config(config.get("token_learner"), len(depths)),
-        dtype=jnp.dtype(config.get("dtype", "float32")),
+        token_learner=token_learner_lib.parse_spec(config.token_learner, num_locations=len(depths), what="stage"),
+        dtype=jnp.dtype(config.dtype),
     )

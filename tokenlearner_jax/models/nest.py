@@ -14,11 +14,11 @@
 - CIFAR variants: patch 1, four levels of three layers, constant width, multi-query attention (one key /
   value head shared by every query head; MultiHeadAttention.num_kv_heads=1).
 
-TokenLearner (`model.token_learner`, layers/stage_tokens.py): at level `stage`, after the aggregation and
-the position embedding, TokenLearner turns the grid into `num_tokens` tokens, and the level's
+TokenLearner (`model.token_learner`, layers/token_learner.py): at level `location`, after the aggregation
+and the position embedding, TokenLearner turns the grid into `num_tokens` tokens, and the level's
 transformer runs on them as one block (all tokens attend to each other). Without the fuser every later
-layer sees the tokens, so `stage` must be the last level; with the fuser the level keeps its grid and
-any level works.
+layer sees the tokens, so `location` must be the last level; with the fuser the level keeps its grid
+and any level works.
 
 The normalised top-level grid `[batch, h, w, width]` is sown into 'intermediates' as 'feature_map' and
 the pooled features `[batch, width]` as 'pre_logits': the head is linear after the mean, so
@@ -31,16 +31,17 @@ from typing import Optional, Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
-from tokenlearner_jax.layers import stage_tokens
+from tokenlearner_jax.layers import token_learner as token_learner_lib
+from tokenlearner_jax.layers.token_learner import StageTokenLearner, TokenLearnerSpec
 from tokenlearner_jax.layers.attention import layer_norm
 from tokenlearner_jax.layers.blocking import block_partition, block_unpartition
 from tokenlearner_jax.layers.embedding import PatchEmbedding
 from tokenlearner_jax.layers.partitioning import param_with_axes
 from tokenlearner_jax.layers.transformer import EncoderBlock
-from tokenlearner_jax.models.registry import register
+from tokenlearner_jax.models.registry import check, check_common, register
 
 # name -> (dims, heads, depths, patch size, drop path, key/value heads (0: one per query head));
-# ../shared/reference/models.md. Widths double per level at 224; constant on CIFAR.
+# the NesT paper (arXiv 2105.12723) and its code. Widths double per level at 224; constant on CIFAR.
 VARIANTS = {
     "T": ((96, 192, 384), (3, 6, 12), (2, 2, 8), 4, 0.2, 0),
     "S": ((96, 192, 384), (3, 6, 12), (2, 2, 20), 4, 0.3, 0),
@@ -95,7 +96,7 @@ class NestLevel(nn.Module):
     pool_padding: str = "same"
     dropout_rate: float = 0.0
     attention_dropout_rate: float = 0.0
-    token_learner: Optional[stage_tokens.StageTokenSpec] = None
+    token_learner: Optional[TokenLearnerSpec] = None
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -128,7 +129,7 @@ class NestLevel(nn.Module):
         if self.token_learner is None:
             return block_unpartition(run(blocks), height, width)
         # The learned tokens' 1 x N grid [batch, 1, N, width] is read as one block of N tokens.
-        return stage_tokens.StageTokenLearner(self.token_learner, dtype=self.dtype, name="token_learner")(
+        return StageTokenLearner(self.token_learner, dtype=self.dtype, name="token_learner")(
             block_unpartition(blocks, height, width), run, train=train)
 
 
@@ -156,8 +157,23 @@ class Nest(nn.Module):
     dropout_rate: float = 0.0
     attention_dropout_rate: float = 0.0
     pool_padding: str = "same"
-    token_learner: Optional[stage_tokens.StageTokenSpec] = None
+    token_learner: Optional[TokenLearnerSpec] = None
     dtype: jnp.dtype = jnp.float32
+
+    def check_input(self, input_shape):
+        """Raises ValueError naming the config field when images of `input_shape` do not fit the levels'
+        square blocks, or the level that learns tokens has fewer positions than `num_tokens`."""
+        levels, size = len(self.depths), input_shape[0]
+        multiple = self.patch_size << (levels - 1)
+        if size % multiple or input_shape[1] % multiple:
+            raise ValueError(f"config.dataset.image_size={size}: expected a multiple of patch_size x 2^(levels - 1) "
+                             f"= {multiple} ({levels} levels of square blocks)")
+        if self.token_learner is not None:
+            positions = (input_shape[0] // self.patch_size >> self.token_learner.location) * \
+                (input_shape[1] // self.patch_size >> self.token_learner.location)
+            if self.token_learner.num_tokens > positions:
+                raise ValueError(f"config.model.token_learner.num_tokens={self.token_learner.num_tokens}: expected "
+                                 f"at most the {positions} positions of level {self.token_learner.location}")
 
     @nn.compact
     def __call__(self, images, *, train: bool = False):
@@ -168,7 +184,7 @@ class Nest(nn.Module):
         side = block_side(x.shape[1], x.shape[2], len(self.depths))
         all_rates = drop_path_rates(self.drop_path_rate, self.depths)
         for i, (rates, width, heads) in enumerate(zip(all_rates, self.dims, self.num_heads)):
-            tl = self.token_learner if self.token_learner is not None and self.token_learner.stage == i else None
+            tl = self.token_learner if self.token_learner is not None and self.token_learner.location == i else None
             x = NestLevel(width, heads, self.mlp_ratio * width, rates, side, aggregate=i > 0,
                           num_kv_heads=self.num_kv_heads, pool_padding=self.pool_padding,
                           dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
@@ -184,54 +200,57 @@ class Nest(nn.Module):
                         bias_init=param_with_axes(nn.initializers.zeros, ("classes",)))(x)
 
 
+def default_config() -> dict:
+    """Every field of `config.model` for NesT. `variant` ('T', 'S', 'B' at 224; 'cifar_T', 'cifar_S',
+    'cifar_B' at 32x32 with multi-query attention) sets dims, num_heads, depths, patch_size,
+    num_kv_heads and drop_path_rate; non-empty dims / num_heads / depths, a positive patch_size and
+    non-negative num_kv_heads (0: one key/value head per query head, 1: multi-query) / drop_path_rate
+    override it. `token_learner.location` is the 0-based level that runs on learned tokens (-1: the last)."""
+    return dict(
+        variant="T", num_classes=1000, dims=(), num_heads=(), depths=(), patch_size=-1, num_kv_heads=-1,
+        mlp_ratio=4, drop_path_rate=-1.0, dropout_rate=0.0, attention_dropout_rate=0.0,
+        pool_padding="same",  # 'same': the official code and timm's nest_*_jx; 'symmetric': timm's nest_*
+        dtype="float32", token_learner=token_learner_lib.default_config(location=-1))
+
+
 def resolve_architecture(config) -> dict:
     """dims, num_heads, depths, patch_size and num_kv_heads of `config.model`: the variant's unless
-    overridden (non-empty dims / num_heads / depths, positive patch_size, num_kv_heads >= 0).
-
-    Raises ValueError naming the field."""
-    if config.variant not in VARIANTS:
-        raise ValueError(f"config.model.variant={config.variant!r}: expected one of {sorted(VARIANTS)}")
+    overridden. Raises ValueError naming the field."""
+    check(config.variant in VARIANTS, "variant", config.variant, f"one of {sorted(VARIANTS)}")
     dims, heads, depths, patch, _, kv_heads = VARIANTS[config.variant]
     dims, heads, depths = tuple(config.dims) or dims, tuple(config.num_heads) or heads, tuple(config.depths) or depths
-    if not len(dims) == len(heads) == len(depths) or min(dims + heads + depths) < 1:
-        raise ValueError(f"config.model.dims={dims}, num_heads={heads}, depths={depths}: expected positive values, "
-                         f"one of each per level")
+    check(len(dims) == len(heads) == len(depths) and min(dims + heads + depths) >= 1, "dims", dims,
+          f"positive values, one of each per level, as many as num_heads={heads} and depths={depths}")
     for width, h in zip(dims, heads):
-        if width % h:
-            raise ValueError(f"config.model.dims={dims}: width {width} is not divisible by its {h} heads "
-                             f"(config.model.num_heads={heads})")
+        check(width % h == 0, "num_heads", heads, f"divisors of the level widths dims={dims}")
     patch = config.patch_size if config.patch_size > 0 else patch
     kv_heads = config.num_kv_heads if config.num_kv_heads >= 0 else kv_heads
-    if kv_heads and any(h % kv_heads for h in heads):
-        raise ValueError(f"config.model.num_kv_heads={kv_heads}: expected 0 (one per query head) or a divisor "
-                         f"of every level's heads {heads}")
+    check(not kv_heads or all(h % kv_heads == 0 for h in heads), "num_kv_heads", kv_heads,
+          f"0 (one per query head) or a divisor of every level's heads {heads}")
     return dict(dims=dims, num_heads=heads, depths=depths, patch_size=patch, num_kv_heads=kv_heads)
 
 
-def token_learner_spec(config, num_levels: int) -> Optional[stage_tokens.StageTokenSpec]:
-    """`config.model.token_learner` checked for NesT: without the fuser only the last level can learn tokens."""
-    spec = stage_tokens.spec_from_config(config.get("token_learner"), num_levels)
-    if spec is not None and not spec.use_fuser and spec.stage != num_levels - 1:
-        raise ValueError(f"config.model.token_learner.stage={spec.stage}: without the fuser the learned tokens "
-                         f"replace the grid, which only the last level ({num_levels - 1}) can do; set "
-                         f"token_learner.use_fuser=True for an earlier level")
-    return spec
-
-
-@register("nest")
+@register("nest", default_config)
 def build_nest(config) -> Nest:
-    """Builds NesT from `config.model` (config_lib.nest_model)."""
+    """Builds NesT from `config.model` (`default_config`), raising ValueError naming a bad field."""
     arch = resolve_architecture(config)
-    if config.pool_padding not in POOL_PADDINGS:
-        raise ValueError(f"config.model.pool_padding={config.pool_padding!r}: expected one of {POOL_PADDINGS}")
+    check_common(config)
+    check(config.pool_padding in POOL_PADDINGS, "pool_padding", config.pool_padding, f"one of {POOL_PADDINGS}")
+    levels = len(arch["depths"])
+    spec = token_learner_lib.parse_spec(config.token_learner, num_locations=levels, what="level")
+    if spec is not None and not spec.use_fuser and spec.location != levels - 1:
+        raise ValueError(f"config.model.token_learner.location={config.token_learner.location}: without the fuser "
+                         f"the learned tokens replace the grid, which only the last level ({levels - 1}) can do; "
+                         f"set config.model.token_learner.use_fuser=True for an earlier level")
+    drop_path = config.drop_path_rate if config.drop_path_rate >= 0 else VARIANTS[config.variant][4]
     return Nest(
         num_classes=config.num_classes,
         mlp_ratio=config.mlp_ratio,
-        drop_path_rate=config.drop_path_rate,
+        drop_path_rate=drop_path,
         dropout_rate=config.dropout_rate,
         attention_dropout_rate=config.attention_dropout_rate,
         pool_padding=config.pool_padding,
-        token_learner=token_learner_spec(config, len(arch["depths"])),
-        dtype=jnp.dtype(config.get("dtype", "float32")),
+        token_learner=spec,
+        dtype=jnp.dtype(config.dtype),
         **arch,
     )

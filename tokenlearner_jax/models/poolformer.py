@@ -10,7 +10,7 @@ Layout (as the official code and timm's port):
 - head ('head_norm'): 'group_norm' = GroupNorm over the final grid -> global average pool -> Dense (the
   paper's code); 'pooled_layer_norm' = global average pool -> LayerNorm (eps 1e-6) -> Dense (timm's
   MetaFormer port, under which timm's published poolformer_* weights run; same parameters).
-Mixers: layers/mixers.py; TokenLearner in a stage: layers/stage_tokens.py.
+Mixers: layers/mixers.py; TokenLearner in a stage: layers/token_learner.py.
 """
 
 from typing import Optional, Tuple
@@ -18,13 +18,14 @@ from typing import Optional, Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
-from tokenlearner_jax.layers import stage_tokens
+from tokenlearner_jax.layers import token_learner as token_learner_lib
+from tokenlearner_jax.layers.token_learner import StageTokenLearner, TokenLearnerSpec
 from tokenlearner_jax.layers.attention import DropPath, MlpBlock, layer_norm
 from tokenlearner_jax.layers.mixers import MIXERS, make_mixer
 from tokenlearner_jax.layers.partitioning import constrain_batch, param_with_axes
-from tokenlearner_jax.models.registry import register
+from tokenlearner_jax.models.registry import check, check_common, register
 
-# name -> (depths, dims, layer-scale init, drop path rate); ../shared/reference/models.md
+# name -> (depths, dims, layer-scale init, drop path rate); the PoolFormer paper (arXiv 2111.11418) and timm
 VARIANTS = {
     "S12": ((2, 2, 6, 2), (64, 128, 320, 512), 1e-5, 0.1),
     "S24": ((4, 4, 12, 4), (64, 128, 320, 512), 1e-5, 0.1),
@@ -90,7 +91,7 @@ class MetaFormerBlock(nn.Module):
 
 class MetaFormerStage(nn.Module):
     """Optional stride-2 downsampling conv, then `len(drop_path_rates)` blocks with one mixer; with a
-    token-learner spec the blocks run on learned tokens (layers/stage_tokens.py).
+    token-learner spec the blocks run on learned tokens (layers/token_learner.py).
 
     Attributes:
       width: channels of the stage.
@@ -104,7 +105,7 @@ class MetaFormerStage(nn.Module):
     downsample: bool
     drop_path_rates: Tuple[float, ...]
     block: dict
-    token_learner: Optional[stage_tokens.StageTokenSpec] = None
+    token_learner: Optional[TokenLearnerSpec] = None
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -123,7 +124,7 @@ class MetaFormerStage(nn.Module):
 
         if self.token_learner is None:
             return run_blocks(x)
-        return stage_tokens.StageTokenLearner(self.token_learner, dtype=self.dtype, name="token_learner")(
+        return StageTokenLearner(self.token_learner, dtype=self.dtype, name="token_learner")(
             x, run_blocks, train=train)
 
 
@@ -151,8 +152,20 @@ class PoolFormer(nn.Module):
     attention_head_dim: int = 32
     conv_kernel_size: int = 3
     head_norm: str = "group_norm"
-    token_learner: Optional[stage_tokens.StageTokenSpec] = None
+    token_learner: Optional[TokenLearnerSpec] = None
     dtype: jnp.dtype = jnp.float32
+
+    def check_input(self, input_shape):
+        """Raises ValueError naming the config field when the stage that learns tokens has fewer
+        positions than `token_learner.num_tokens` for images of `input_shape`."""
+        if self.token_learner is None:
+            return
+        height, width = (n // 4 + (n % 4 > 0) for n in input_shape[:2])  # 7x7 / 4 stem, padding 2
+        for _ in range(self.token_learner.location):
+            height, width = (height + 1) // 2, (width + 1) // 2  # 3x3 / 2 downsampling, padding 1
+        if self.token_learner.num_tokens > height * width:
+            raise ValueError(f"config.model.token_learner.num_tokens={self.token_learner.num_tokens}: expected at "
+                             f"most the {height * width} positions of stage {self.token_learner.location}")
 
     @nn.compact
     def __call__(self, images, *, train: bool = False):
@@ -167,7 +180,7 @@ class PoolFormer(nn.Module):
             block = dict(mixer=mixer, layer_scale_init=self.layer_scale_init, mlp_ratio=self.mlp_ratio,
                          pool_size=self.pool_size, head_dim=self.attention_head_dim,
                          kernel_size=self.conv_kernel_size)
-            tl = self.token_learner if self.token_learner is not None and self.token_learner.stage == i else None
+            tl = self.token_learner if self.token_learner is not None and self.token_learner.location == i else None
             stage = MetaFormerStage(width, i > 0, rates, block, tl, dtype=self.dtype, name=f"stage_{i}")
             x = stage(x, train=train)
 
@@ -183,46 +196,56 @@ class PoolFormer(nn.Module):
                         bias_init=param_with_axes(nn.initializers.zeros, ("classes",)))(x)
 
 
+def default_config() -> dict:
+    """Every field of `config.model` for a PoolFormer / MetaFormer. `variant` ('S12', 'S24', 'S36', 'M36',
+    'M48') sets depths, dims, layer_scale_init and drop_path_rate; non-empty depths / dims, a
+    positive layer_scale_init and a non-negative drop_path_rate override it. `mixers` holds one token mixer for all
+    stages or one per stage ('pooling', 'identity', 'attention', 'depthwise_conv', 'spatial_mlp');
+    `token_learner.location` is the 0-based stage that runs on learned tokens (-1: the last)."""
+    return dict(
+        variant="S12", num_classes=1000, depths=(), dims=(), mixers=("pooling",), layer_scale_init=-1.0,
+        drop_path_rate=-1.0, mlp_ratio=4, pool_size=3, attention_head_dim=32, conv_kernel_size=3,
+        head_norm="group_norm",  # or 'pooled_layer_norm': timm's head, which its poolformer_* weights need
+        dtype="float32", token_learner=token_learner_lib.default_config(location=-1))
+
+
 def resolve_architecture(config) -> Tuple[Tuple[int, ...], Tuple[int, ...], Tuple[str, ...], float]:
-    """(depths, dims, mixers per stage, layer-scale init) of `config.model`: the variant's unless
-    overridden (non-empty depths / dims, positive layer_scale_init); one mixer name serves all stages."""
-    if config.variant not in VARIANTS:
-        raise ValueError(f"config.model.variant={config.variant!r}: expected one of {sorted(VARIANTS)}")
-    depths, dims, layer_scale, _ = VARIANTS[config.variant]
-    depths = tuple(config.depths) or depths
-    dims = tuple(config.dims) or dims
-    if len(depths) != len(dims) or min(depths) < 1 or min(dims) < 1:
-        raise ValueError(f"config.model.depths={depths} and config.model.dims={dims}: expected positive "
-                         f"values, one of each per stage")
+    """(depths, dims, mixers per stage, layer-scale init) that `config.model` resolves to."""
+    model = build_poolformer(config)
+    return model.depths, model.dims, model.mixers, model.layer_scale_init
+
+
+@register("poolformer", default_config)
+def build_poolformer(config) -> PoolFormer:
+    """Builds a PoolFormer / MetaFormer from `config.model` (`default_config`), with the variant's
+    architecture, layer scale and drop path unless overridden; raises ValueError naming a bad field."""
+    check(config.variant in VARIANTS, "variant", config.variant, f"one of {sorted(VARIANTS)}")
+    depths, dims, layer_scale, drop_path = VARIANTS[config.variant]
+    depths, dims = tuple(config.depths) or depths, tuple(config.dims) or dims
+    check(len(depths) == len(dims) and min(depths) >= 1 and min(dims) >= 1, "depths", depths,
+          f"positive values, one per stage, as many as config.model.dims={dims}")
     mixers = tuple(config.mixers)
     if len(mixers) == 1:
         mixers *= len(depths)
-    if len(mixers) != len(depths) or any(m not in MIXERS for m in mixers):
-        raise ValueError(f"config.model.mixers={tuple(config.mixers)}: expected one name for all stages or one "
-                         f"per stage ({len(depths)}), each one of {MIXERS}")
-    if config.layer_scale_init > 0:
-        layer_scale = config.layer_scale_init
-    return depths, dims, mixers, layer_scale
-
-
-@register("poolformer")
-def build_poolformer(config) -> PoolFormer:
-    """Builds a PoolFormer / MetaFormer from `config.model` (config_lib.poolformer_model)."""
-    depths, dims, mixers, layer_scale = resolve_architecture(config)
-    if config.head_norm not in HEAD_NORMS:
-        raise ValueError(f"config.model.head_norm={config.head_norm!r}: expected one of {HEAD_NORMS}")
+    check(len(mixers) == len(depths) and all(m in MIXERS for m in mixers), "mixers", tuple(config.mixers),
+          f"one name for all stages or one per stage ({len(depths)}), each one of {MIXERS}")
+    check_common(config)
+    check(config.head_norm in HEAD_NORMS, "head_norm", config.head_norm, f"one of {HEAD_NORMS}")
+    if "attention" in mixers:
+        check(all(d % config.attention_head_dim == 0 for d, m in zip(dims, mixers) if m == "attention"),
+              "attention_head_dim", config.attention_head_dim, f"a divisor of the attention stages' widths {dims}")
     return PoolFormer(
         num_classes=config.num_classes,
         depths=depths,
         dims=dims,
         mixers=mixers,
-        layer_scale_init=layer_scale,
-        drop_path_rate=config.drop_path_rate,
+        layer_scale_init=config.layer_scale_init if config.layer_scale_init > 0 else layer_scale,
+        drop_path_rate=config.drop_path_rate if config.drop_path_rate >= 0 else drop_path,
         mlp_ratio=config.mlp_ratio,
         pool_size=config.pool_size,
         attention_head_dim=config.attention_head_dim,
         conv_kernel_size=config.conv_kernel_size,
         head_norm=config.head_norm,
-        token_learner=stage_tokens.spec_from_config(config.get("token_learner"), len(depths)),
-        dtype=jnp.dtype(config.get("dtype", "float32")),
+        token_learner=token_learner_lib.parse_spec(config.token_learner, num_locations=len(depths), what="stage"),
+        dtype=jnp.dtype(config.dtype),
     )

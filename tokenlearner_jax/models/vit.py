@@ -7,17 +7,18 @@ Without TokenLearner this is the standard pre-norm ViT. With it, the config pick
   keeping all positions.
 """
 
-import dataclasses
 import re
 from typing import Optional, Tuple
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from tokenlearner_jax.layers import AddPositionEmbedding, EncoderBlock, PatchEmbedding, TokenFuser, make_token_learner
+from tokenlearner_jax.layers import AddPositionEmbedding, EncoderBlock, PatchEmbedding
+from tokenlearner_jax.layers import token_learner as token_learner_lib
 from tokenlearner_jax.layers.attention import layer_norm
 from tokenlearner_jax.layers.partitioning import constrain_batch, param_with_axes
-from tokenlearner_jax.models.registry import register
+from tokenlearner_jax.layers.token_learner import TokenLearnerSpec
+from tokenlearner_jax.models.registry import check, check_common, register
 
 # name -> (width, depth, heads, mlp_dim)
 VARIANTS = {
@@ -27,17 +28,19 @@ VARIANTS = {
     "L": (1024, 24, 16, 4096),
     "H": (1280, 32, 16, 5120),
 }
+CLASSIFIERS = ("token", "gap")
 
 
-@dataclasses.dataclass(frozen=True)
-class TokenLearnerSpec:
-    """Where and how TokenLearner runs inside the encoder."""
-
-    layer: int  # runs before encoder layer `layer` (0-based)
-    num_tokens: int = 8
-    version: str = "v1.1"
-    use_fuser: bool = False
-    bottleneck_dim: int = 64
+def default_config() -> dict:
+    """Every field of `config.model` for a ViT. `variant` ('B/16': size and patch) sets width, depth,
+    num_heads, mlp_dim and patch_size; a positive value of any of those overrides it. `dtype` is the
+    computation dtype (parameters stay float32); `token_learner.location` is a fraction of the depth
+    (0.5: before layer 6 of 12) or a layer index."""
+    return dict(
+        variant="B/16", num_classes=1000, classifier="gap", representation_size=0,
+        width=-1, depth=-1, num_heads=-1, mlp_dim=-1, patch_size=-1,
+        dropout_rate=0.0, attention_dropout_rate=0.0, drop_path_rate=0.0, head_bias_init=0.0,
+        dtype="float32", token_learner=token_learner_lib.default_config(location=0.5))
 
 
 def parse_variant(variant: str) -> Tuple[str, int]:
@@ -47,17 +50,6 @@ def parse_variant(variant: str) -> Tuple[str, int]:
         raise ValueError(f"config.model.variant={variant!r}: expected '<size>/<patch>' with size in "
                          f"{sorted(VARIANTS)}, e.g. 'B/16'")
     return match.group(1), int(match.group(2))
-
-
-def token_learner_layer(location: float, depth: int) -> int:
-    """Encoder layer index for a location given as a fraction of the depth (0 <= location < 1, e.g.
-    0.5 -> depth/2) or as a layer index (an integer >= 1)."""
-    if 0 <= location < 1:
-        return int(round(location * depth))
-    if location >= 1 and float(location).is_integer() and location < depth:
-        return int(location)
-    raise ValueError(f"config.model.token_learner.location={location}: expected a fraction in [0, 1) or an "
-                     f"integer layer index in [1, {depth - 1}] (depth {depth})")
 
 
 def _fold(x, groups: int):
@@ -112,6 +104,25 @@ class ViT(nn.Module):
         x = self._encode(x, num_prefix, (grid_h, grid_w), 1, train)
         return self._classify(self._pool(x))
 
+    def check_input(self, input_shape):
+        """Raises ValueError naming the config field when inputs of `input_shape` ((height, width, channels),
+        or (frames, height, width, channels) for ViViT) do not fit: sides not multiples of the patch (or
+        tubelet), or more learned tokens than the patches they are learned from."""
+        sides, patch = tuple(input_shape[:-1]), tuple(self.patch_size)
+        frames = sides[0] if len(sides) == 3 else 0
+        if len(patch) == 2 and frames:
+            raise ValueError(f"config.dataset.num_frames={frames}: expected 0 (a ViT takes images; ViViT takes videos)")
+        if len(patch) == 3 and (len(sides) != 3 or frames % patch[0]):
+            raise ValueError(f"config.dataset.num_frames={frames}: expected a positive multiple of "
+                             f"config.model.tubelet_frames={patch[0]}")
+        if any(n % p for n, p in zip(sides[-2:], patch[-2:])):
+            raise ValueError(f"config.dataset.image_size={sides[-1]}: expected a multiple of the patch size "
+                             f"{patch[-1]} (config.model.variant / patch_size)")
+        positions = (sides[-2] // patch[-2]) * (sides[-1] // patch[-1])
+        if self.token_learner is not None and self.token_learner.num_tokens > positions:
+            raise ValueError(f"config.model.token_learner.num_tokens={self.token_learner.num_tokens}: expected at "
+                             f"most the {positions} patches it learns from")
+
     def _prepend_class_token(self, x, name):
         """`[b, n, width]` -> (`[b, 1 + n, width]` with the class token first, 1), or (x, 0) for 'gap'."""
         if self.classifier != "token":
@@ -136,20 +147,36 @@ class ViT(nn.Module):
         tl = self.token_learner
         for i in range(self.depth):
             block = self._block(i, self.depth, f"encoderblock_{i}")
-            if tl is not None and tl.use_fuser and i >= tl.layer:
+            if tl is not None and tl.use_fuser and i >= tl.location:
                 prefix, patches = x[:, :num_prefix], x[:, num_prefix:]
-                tokens = self._learn_tokens(_fold(patches, slices), grid, train, f"token_learner_{i}")
-                y = block(jnp.concatenate([prefix, _unfold(tokens, slices)], axis=1), train=train)
-                fused = TokenFuser(tl.bottleneck_dim, self.dropout_rate, dtype=self.dtype, name=f"token_fuser_{i}")(
-                    _fold(y[:, num_prefix:], slices), _fold(patches, slices), train=train)
-                x = jnp.concatenate([y[:, :num_prefix], patches + _unfold(fused, slices)], axis=1)
+                prefix_out = []
+
+                def run(tokens, prefix=prefix, prefix_out=prefix_out, block=block):
+                    y = block(jnp.concatenate([prefix, _unfold(tokens, slices)], axis=1), train=train)
+                    prefix_out.append(y[:, :num_prefix])
+                    return _fold(y[:, num_prefix:], slices)
+
+                fused = token_learner_lib.learned_tokens(
+                    tl, self._group_input(patches, grid, slices), run, train=train, dtype=self.dtype,
+                    learner_name=f"token_learner_{i}", fuser_name=f"token_fuser_{i}")
+                fused = fused.reshape(fused.shape[0], -1, fused.shape[-1])  # a v1.0 grid back to positions
+                x = jnp.concatenate([prefix_out[0], _unfold(fused, slices)], axis=1)
                 continue
-            if tl is not None and i == tl.layer:
-                tokens = self._learn_tokens(_fold(x[:, num_prefix:], slices), grid, train, "token_learner")
+            if tl is not None and i == tl.location:
+                tokens = token_learner_lib.learned_tokens(
+                    tl, self._group_input(x[:, num_prefix:], grid, slices), lambda t: t, train=train,
+                    dtype=self.dtype)
                 x = jnp.concatenate([x[:, :num_prefix], _unfold(tokens, slices)], axis=1)
-                grid = None
             x = block(x, train=train)
         return layer_norm("encoder_norm", dtype=self.dtype)(x)
+
+    def _group_input(self, patches, grid, slices):
+        """Patches `[batch, slices * positions, width]` -> per-group TokenLearner input: `[batch * slices,
+        positions, width]`, or the grid `[batch * slices, height, width, width]` for v1.0."""
+        groups = _fold(patches, slices)
+        if self.token_learner.version == "v1.0":
+            return groups.reshape(groups.shape[0], *grid, groups.shape[-1])
+        return groups
 
     def _classify(self, x):
         """Pooled features `[batch, width]` -> optional tanh pre-logits -> logits (or the features when
@@ -166,56 +193,37 @@ class ViT(nn.Module):
                         kernel_init=param_with_axes(nn.initializers.zeros, (None, "classes")),
                         bias_init=param_with_axes(nn.initializers.constant(self.head_bias_init), ("classes",)))(x)
 
-    def _learn_tokens(self, patches, grid, train, name):
-        """patches: `[batch, positions, width]` -> `[batch, num_tokens, width]`."""
-        tl = self.token_learner
-        if tl.version == "v1.0":
-            if grid is None:
-                raise ValueError("TokenLearner v1.0 needs the spatial grid of the patch tokens")
-            patches = patches.reshape(patches.shape[0], *grid, patches.shape[-1])
-        module = make_token_learner(tl.version, tl.num_tokens, bottleneck_dim=tl.bottleneck_dim,
-                                    dropout_rate=self.dropout_rate, dtype=self.dtype, name=name)
-        return module(patches, train=train)
-
 
 def _positive_or(value, default):
     return value if value and value > 0 else default
 
 
-@register("vit")
+@register("vit", default_config)
 def build_vit(config) -> ViT:
-    """Builds a ViT from `config.model`: `variant` ('B/16'), optional positive `width`, `depth`,
-    `num_heads`, `mlp_dim`, `patch_size` overriding it, and the `token_learner` section."""
+    """Builds a ViT from `config.model` (`default_config`), raising ValueError naming a bad field."""
     size, patch = parse_variant(config.variant)
     width, depth, heads, mlp_dim = VARIANTS[size]
-    depth = _positive_or(config.get("depth"), depth)
-    spec = None
-    tl_config = config.get("token_learner")
-    if tl_config is not None and tl_config.get("enabled", False):
-        if tl_config.num_tokens <= 0:
-            raise ValueError(f"config.model.token_learner.num_tokens={tl_config.num_tokens}: expected > 0")
-        if tl_config.version not in ("v1.1", "v1.0"):
-            raise ValueError(f"config.model.token_learner.version={tl_config.version!r}: expected 'v1.1' or 'v1.0'")
-        spec = TokenLearnerSpec(
-            layer=token_learner_layer(tl_config.location, depth), num_tokens=tl_config.num_tokens,
-            version=tl_config.version, use_fuser=tl_config.use_fuser,
-            bottleneck_dim=tl_config.get("bottleneck_dim", 64))
-    if config.classifier not in ("token", "gap"):
-        raise ValueError(f"config.model.classifier={config.classifier!r}: expected 'token' or 'gap'")
-    patch = _positive_or(config.get("patch_size"), patch)
+    width, depth = _positive_or(config.width, width), _positive_or(config.depth, depth)
+    heads, mlp_dim = _positive_or(config.num_heads, heads), _positive_or(config.mlp_dim, mlp_dim)
+    check_common(config)
+    check(config.classifier in CLASSIFIERS, "classifier", config.classifier, f"one of {CLASSIFIERS}")
+    check(width % heads == 0, "num_heads", heads, f"a divisor of the width {width}")
+    check(config.representation_size >= 0, "representation_size", config.representation_size, ">= 0 (0: none)")
+    spec = token_learner_lib.parse_spec(config.token_learner, num_locations=depth, what="layer", fraction=True)
+    patch = _positive_or(config.patch_size, patch)
     return ViT(
         num_classes=config.num_classes,
         patch_size=(patch, patch),
-        width=_positive_or(config.get("width"), width),
+        width=width,
         depth=depth,
-        num_heads=_positive_or(config.get("num_heads"), heads),
-        mlp_dim=_positive_or(config.get("mlp_dim"), mlp_dim),
+        num_heads=heads,
+        mlp_dim=mlp_dim,
         classifier=config.classifier,
-        representation_size=config.get("representation_size") or None,
-        dropout_rate=config.get("dropout_rate", 0.0),
-        attention_dropout_rate=config.get("attention_dropout_rate", 0.0),
-        drop_path_rate=config.get("drop_path_rate", 0.0),
+        representation_size=config.representation_size or None,
+        dropout_rate=config.dropout_rate,
+        attention_dropout_rate=config.attention_dropout_rate,
+        drop_path_rate=config.drop_path_rate,
         token_learner=spec,
-        head_bias_init=config.get("head_bias_init", 0.0),
-        dtype=jnp.dtype(config.get("dtype", "float32")),
+        head_bias_init=config.head_bias_init,
+        dtype=jnp.dtype(config.dtype),
     )

@@ -31,7 +31,7 @@ from tokenlearner_jax.layers import AddPositionEmbedding, PatchEmbedding
 from tokenlearner_jax.layers.attention import layer_norm
 from tokenlearner_jax.layers.partitioning import constrain_batch, param_with_axes
 from tokenlearner_jax.models import vit
-from tokenlearner_jax.models.registry import register
+from tokenlearner_jax.models.registry import check, register
 
 ENCODERS = ("joint", "factorised")
 
@@ -84,17 +84,21 @@ class ViViT(vit.ViT):
         return self._classify(x)
 
 
-@register("vivit")
+def default_config() -> dict:
+    """Every field of `config.model` for a ViViT: ViT's (models/vit.default_config; `variant` 'B/16' sets
+    the width, depth, heads and the spatial patch) plus the tubelet's frames, the encoder ('joint' or
+    'factorised') and the factorised encoder's temporal depth."""
+    return dict(vit.default_config(), num_classes=400, classifier="token", tubelet_frames=2, encoder="joint",
+                temporal_depth=4)
+
+
+@register("vivit", default_config)
 def build_vivit(config) -> ViViT:
-    """Builds a ViViT from `config.model`: the ViT fields (see models/vit.build_vit: `variant` 'B/16' sets
-    the width, depth, heads and the spatial patch), `tubelet_frames` (pt), `encoder` and `temporal_depth`."""
-    if config.encoder not in ENCODERS:
-        raise ValueError(f"config.model.encoder={config.encoder!r}: expected one of {ENCODERS}")
-    if config.tubelet_frames < 1:
-        raise ValueError(f"config.model.tubelet_frames={config.tubelet_frames}: expected >= 1")
-    if config.encoder == "factorised" and config.temporal_depth < 1:
-        raise ValueError(f"config.model.temporal_depth={config.temporal_depth}: expected >= 1 for the factorised "
-                         f"encoder")
+    """Builds a ViViT from `config.model` (`default_config`), raising ValueError naming a bad field."""
+    check(config.encoder in ENCODERS, "encoder", config.encoder, f"one of {ENCODERS}")
+    check(config.tubelet_frames >= 1, "tubelet_frames", config.tubelet_frames, ">= 1")
+    check(config.encoder != "factorised" or config.temporal_depth >= 1, "temporal_depth", config.temporal_depth,
+          ">= 1 for the factorised encoder")
     image_model = vit.build_vit(config)
     fields = {f.name: getattr(image_model, f.name) for f in dataclasses.fields(vit.ViT)
               if f.init and f.name not in ("parent", "name")}

@@ -63,6 +63,11 @@ class EvalAccumulator(abc.ABC):
     def result(self) -> Metrics:
         """{'loss': ..., 'accuracy': ...}: metric names without the 'eval/' prefix (the loop adds it)."""
 
+    def files(self) -> Dict[str, str]:
+        """{file name: text} written into the workdir after `result` (e.g. a per-class table), as
+        '<prefix>_<name>' ('eval_per_class_ap.csv'); none by default."""
+        return {}
+
 
 class Task(abc.ABC):
     """One training objective. Built as `Task(config, info, total_steps)`.
@@ -79,8 +84,18 @@ class Task(abc.ABC):
         self.total_steps = total_steps
 
     @classmethod
+    def default_config(cls) -> dict:
+        """The top-level config fields (and sections) the task reads, with their defaults."""
+        return {}
+
+    @classmethod
     def validate(cls, config) -> None:
-        """Raises ValueError naming the field for a bad value of the task's own config fields."""
+        """Raises ValueError naming the field for a bad value of the task's own config fields and models
+        (before any dataset is read: `data.example_shape(config.dataset)` gives the input shape)."""
+
+    @classmethod
+    def validate_data(cls, config, info) -> None:
+        """Raises ValueError when the dataset (its `DatasetInfo`, once read) does not suit the config."""
 
     @abc.abstractmethod
     def init_state(self, rng):

@@ -7,6 +7,47 @@ from flax import traverse_util
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 DECAYS = ("cosine", "linear", "constant")
+# Biases, norm scales, position embeddings and class tokens get no weight decay by default.
+DEFAULT_WEIGHT_DECAY_EXCLUDE = (r"/bias$", r"/scale$", r"pos_embedding$", r"/cls$", r"^cls$")
+
+
+def default_config(**overrides) -> dict:
+    """Every field of an optimizer section (`config.optimizer`), with `overrides` applied.
+
+    name: 'adamw' | 'adam' | 'sgd'; learning_rate: the peak, reached after `warmup_steps` of linear
+    warmup, then `decay` ('cosine' | 'linear' | 'constant') to `end_learning_rate` at the last step;
+    b1, b2, eps: Adam's; momentum, nesterov: SGD's; weight_decay (decoupled for AdamW, added to the
+    gradient for SGD) on every parameter whose '/'-joined name matches none of `weight_decay_exclude`;
+    grad_clip_norm: clip by global norm (0: off)."""
+    fields = dict(name="adamw", learning_rate=1e-3, end_learning_rate=0.0, warmup_steps=0, decay="cosine",
+                  b1=0.9, b2=0.999, eps=1e-8, momentum=0.9, nesterov=False, weight_decay=1e-4,
+                  weight_decay_exclude=DEFAULT_WEIGHT_DECAY_EXCLUDE, grad_clip_norm=1.0)
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise ValueError(f"optimizer fields {unknown} do not exist; the fields are {sorted(fields)}")
+    fields.update(overrides)
+    return fields
+
+
+def validate(opt_config, field: str = "optimizer") -> None:
+    """Raises ValueError naming `config.<field>.<name>` for a bad value."""
+    def check(ok, name, expected):
+        if not ok:
+            raise ValueError(f"config.{field}.{name}={opt_config[name]!r}: expected {expected}")
+
+    check(opt_config.name in OPTIMIZERS, "name", f"one of {OPTIMIZERS}")
+    check(opt_config.decay in DECAYS, "decay", f"one of {DECAYS}")
+    for name in ("learning_rate", "end_learning_rate", "weight_decay", "grad_clip_norm", "eps"):
+        value = opt_config[name]
+        check(value >= 0 and value != float("inf"), name, "a finite value >= 0")
+    check(opt_config.warmup_steps >= 0, "warmup_steps", ">= 0")
+    for name in ("b1", "b2", "momentum"):
+        check(0 <= opt_config[name] < 1, name, "in [0, 1)")
+    for pattern in opt_config.weight_decay_exclude:
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise ValueError(f"config.{field}.weight_decay_exclude: bad regex {pattern!r}: {e}") from None
 
 
 def learning_rate_schedule(opt_config, total_steps: int):

@@ -13,8 +13,9 @@ from tokenlearner_jax.layers.partitioning import DEFAULT_RULES
 MESH_AXES = ("data", "fsdp", "model")
 
 
-def mesh_shape(mesh_config, num_devices: int) -> dict:
-    """Axis sizes from the config; one axis may be -1 for "all remaining devices"."""
+def mesh_shape(mesh_config, num_devices) -> dict:
+    """Axis sizes from the config; one axis may be -1 for "all remaining devices". With `num_devices`
+    None only the sizes themselves are checked."""
     sizes = {axis: int(mesh_config.get(axis, 1)) for axis in MESH_AXES}
     unknown = [axis for axis, size in sizes.items() if size == -1]
     if len(unknown) > 1:
@@ -23,6 +24,8 @@ def mesh_shape(mesh_config, num_devices: int) -> dict:
     if bad:
         raise ValueError(f"config.mesh: axis sizes must be positive or -1, got {bad}")
     known = math.prod(size for size in sizes.values() if size != -1)
+    if num_devices is None:
+        return sizes
     if unknown:
         if num_devices % known:
             raise ValueError(f"config.mesh={sizes}: {num_devices} devices are not divisible by {known}")
@@ -31,6 +34,28 @@ def mesh_shape(mesh_config, num_devices: int) -> dict:
         raise ValueError(f"config.mesh={sizes} needs {math.prod(sizes.values())} devices, "
                          f"but {num_devices} are available")
     return sizes
+
+
+def validate(mesh_config) -> None:
+    """The mesh section without devices: known axes, sizes positive or -1 (at most one -1)."""
+    unknown = sorted(set(mesh_config) - set(MESH_AXES))
+    if unknown:
+        raise ValueError(f"config.mesh: unknown axes {unknown}; the axes are {MESH_AXES}")
+    mesh_shape(mesh_config, None)
+
+
+def validate_batch_sizes(config, data_parallel: int, process_count: int) -> None:
+    """Batch sizes must split evenly over the data-parallel devices and the processes."""
+    micro_batch = config.batch_size // config.get("grad_accum_steps", 1)
+    for field, value in (("batch_size", config.batch_size), ("eval_batch_size", config.eval_batch_size)):
+        if value % process_count:
+            raise ValueError(f"config.{field}={value}: expected a multiple of the {process_count} processes")
+    if micro_batch % data_parallel:
+        raise ValueError(f"config.batch_size={config.batch_size}: batch_size / grad_accum_steps = {micro_batch} "
+                         f"must be a multiple of the {data_parallel} data-parallel devices (mesh data x fsdp)")
+    if config.eval_batch_size % data_parallel:
+        raise ValueError(f"config.eval_batch_size={config.eval_batch_size}: expected a multiple of the "
+                         f"{data_parallel} data-parallel devices (mesh data x fsdp)")
 
 
 def make_mesh(mesh_config, devices: Sequence = None) -> Mesh:

@@ -30,11 +30,13 @@ class MetricsLog:
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(json.dumps({"step": int(step), **scalars}) + "\n")
 
-    def has(self, step: int, name: str) -> bool:
-        """Whether a record of `step` holds metric `name` (process 0; other processes answer False)."""
+    def has(self, step: int, prefix: str) -> bool:
+        """Whether a record of `step` holds a metric whose name starts with `prefix` (process 0; other
+        processes answer False)."""
         if not self.path or not os.path.exists(self.path):
             return False
-        return any(r["step"] == step and name in r for r in read_metrics(os.path.dirname(self.path)))
+        return any(r["step"] == step and any(name.startswith(prefix) for name in r)
+                   for r in read_metrics(os.path.dirname(self.path)))
 
     def close(self):
         self.writer.flush()

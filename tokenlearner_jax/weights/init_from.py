@@ -1,7 +1,7 @@
 """Start a run from a checkpoint: ours (an orbax workdir, or the output of `tokenlearner_jax.convert`),
 a vit_jax / big_vision `.npz`, or a timm `.safetensors` file, reconciled with the model of the config.
 
-`config.init_from` (see config_lib.base_config):
+`config.init_from` (see recipes.trainer_defaults):
   path: '' (train from scratch), a workdir or orbax checkpoint directory, a .npz or a .safetensors file.
   include: regexes on parameter names ('encoderblock_3/MlpBlock_3/Dense_0/kernel'); when non-empty,
     only the target parameters matching one are loaded, the others keep their fresh initialisation.
@@ -181,6 +181,14 @@ def resample_posemb(posemb: np.ndarray, target_shape, name: str = "pos_embedding
         notes.append("class-token row added as zeros (none in the source)")
     out = np.concatenate([prefix, grid.reshape(1, target_side * target_side, width)], axis=1)
     return out, f"{name}: {list(posemb.shape)} -> {list(out.shape)}: " + ", ".join(notes)
+
+
+def validate(init_config) -> None:
+    """Checks `config.init_from` before anything is loaded: regexes that compile, a known inflation."""
+    for field in ("include", "exclude", "fresh_if_missing", "reinit_if_shape_differs"):
+        _matcher(init_config[field], field)
+    if init_config.inflate not in inflate.METHODS:
+        raise ValueError(f"config.init_from.inflate={init_config.inflate!r}: expected one of {inflate.METHODS}")
 
 
 def _matcher(patterns, field: str):

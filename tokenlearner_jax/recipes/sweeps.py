@@ -3,9 +3,9 @@
 A config file may define `get_sweep(arg)` beside `get_config(arg)`, built from these helpers:
 
     def get_sweep(arg=None):
-        return sweep_lib.product(
-            sweep_lib.axis("model.token_learner.num_tokens", [8, 16]),
-            sweep_lib.axis("seed", [0, 1]))          # 4 points
+        return sweeps.product(
+            sweeps.axis("model.token_learner.num_tokens", [8, 16]),
+            sweeps.axis("seed", [0, 1]))          # 4 points
 
 Keys are config fields without the leading 'config.'. `python -m tokenlearner_jax.sweep` trains
 every point in its own sub-directory named by `point_name`, through `main.py` and `to_flags`.
@@ -30,11 +30,11 @@ def product(*sweeps: list[Point]) -> list[Point]:
     return [_merge(combination) for combination in itertools.product(*sweeps)]
 
 
-def zip(*sweeps: list[Point]) -> list[Point]:  # noqa: A001  (sweep_lib.zip reads as intended)
+def zip(*sweeps: list[Point]) -> list[Point]:  # noqa: A001  (sweeps.zip reads as intended)
     """The i-th points of all sweeps merged; the sweeps must have equal lengths."""
     lengths = {len(sweep) for sweep in sweeps}
     if len(lengths) > 1:
-        raise ValueError(f"sweep_lib.zip needs sweeps of equal length, got lengths {[len(s) for s in sweeps]}")
+        raise ValueError(f"sweeps.zip needs sweeps of equal length, got lengths {[len(s) for s in sweeps]}")
     return [_merge(points) for points in builtins.zip(*sweeps)]
 
 

@@ -1,20 +1,13 @@
 """Fréchet distance: the formula against independent computations (eigendecompositions, closed forms for
-diagonal Gaussians), FD(x, x) = 0, streaming statistics against NumPy, and the classifier feature network
-read back from a checkpoint against the model applied directly."""
+diagonal Gaussians), FD(x, x) = 0, streaming statistics against NumPy, and the conversion of images to a
+feature network's normalisation against the data pipeline's."""
 
-import json
-import os
 
-import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 import scipy.linalg
-from flax.core import meta
 
-from tokenlearner_jax import config_lib, models
 from tokenlearner_jax.data import preprocess
 from tokenlearner_jax.evaluate import frechet
 
@@ -80,10 +73,6 @@ def test_bad_inputs_fail_with_one_clear_message():
         frechet.RunningStatistics(3).add(np.zeros((2, 4)))
     with pytest.raises(ValueError, match="2 or more"):
         frechet.statistics(np.zeros((1, 3)))
-    with pytest.raises(ValueError, match="config.gan.fd.network='fid'"):
-        frechet.network_from_config(ml_collections.ConfigDict(dict(network="fid", path="x")))
-    with pytest.raises(ValueError, match="config.gan.fd.path is empty"):
-        frechet.network_from_config(ml_collections.ConfigDict(dict(network="classifier", path="")))
 
 
 def test_inception_network_checks_the_file_then_says_it_is_not_implemented(tmp_path):
@@ -101,27 +90,3 @@ def test_conversion_from_minus_one_one_matches_the_data_pipeline(normalize):
     converted = frechet.normalize_from_minus_one_one(jnp.asarray(preprocess.normalize(pixels, "minus_one_one")),
                                                      normalize)
     np.testing.assert_allclose(np.asarray(converted), preprocess.normalize(pixels, normalize), atol=1e-4)
-
-
-def test_classifier_network_reads_the_checkpoint_and_gives_the_models_pre_logits(tmp_path):
-    model_config = config_lib.nest_model("T", num_classes=3)
-    model_config.update(dims=(16, 24), num_heads=(2, 2), depths=(1, 1), patch_size=2)
-    model = models.build(model_config)
-    variables = jax.jit(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)), train=False))()
-    params = meta.unbox(variables["params"])
-    with ocp.CheckpointManager(str(tmp_path / "checkpoints"), item_names=("state",)) as manager:
-        manager.save(7, args=ocp.args.Composite(state=ocp.args.StandardSave({"params": params, "model_state": {}})))
-        manager.wait_until_finished()
-    with open(tmp_path / "config.json", "w", encoding="utf-8") as f:
-        json.dump({"model": model_config.to_dict(), "dataset": {"normalize": "unit", "image_size": 8}}, f)
-
-    network = frechet.network_from_config(ml_collections.ConfigDict(dict(network="classifier", path=str(tmp_path))))
-    assert network.dim == 24 and "step 7" in network.name and "nest" in network.name
-    images = jax.random.uniform(jax.random.key(1), (4, 8, 8, 3), minval=-1.0, maxval=1.0)
-    _, state = jax.jit(lambda x: model.apply({"params": params}, x, train=False, mutable=["intermediates"]))(
-        (images + 1.0) / 2.0)
-    expected = state["intermediates"]["pre_logits"][0]
-    np.testing.assert_allclose(np.asarray(jax.jit(network.apply)(images)), np.asarray(expected), atol=1e-5)
-    # Other image sizes are resized to the classifier's.
-    assert jax.jit(network.apply)(jnp.zeros((2, 16, 16, 3))).shape == (2, 24)
-    assert os.path.isdir(tmp_path / "checkpoints" / "7")

@@ -1,19 +1,23 @@
-"""The 'gan' task without the trainer: its state under jax.eval_shape and jit, a few hinge-loss steps that
-teach the discriminator, the generator EMA's recurrence, determinism given the key, the Fréchet distance of
-the eval outputs, and config checks."""
+"""The 'gan' task without the training loop: its state under jax.eval_shape and jit, a few hinge-loss
+steps that teach the discriminator, the generator EMA's recurrence, determinism given the key, the Fréchet
+distance of the eval outputs, the classifier feature network read back from a checkpoint, and config
+checks (the loop's validation included)."""
 
 import functools
+import json
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from flax.core import meta
 
-from tokenlearner_jax import data
+from tokenlearner_jax import data, models, recipes
 from tokenlearner_jax.evaluate import frechet
 from tokenlearner_jax.tasks import base, gan
+from tokenlearner_jax.train import trainer
 
 SIZE = 16
 
@@ -28,17 +32,15 @@ POOLED = frechet.FeatureNetwork(name="2x2 average-pooled pixels", dim=12, apply=
 
 
 def tiny_config(generator="gennest", **gan_overrides):
-    config = ml_collections.ConfigDict()
-    config.dataset = data.default_dataset_config()
-    config.dataset.image_size = SIZE
-    config.gan = gan.default_config()
+    config = recipes.base("gan")
+    config.dataset = recipes.dataset(name="digits", image_size=SIZE)
+    config.batch_size = config.eval_batch_size = 8
     if generator == "gennest":
         config.gan.generator.update(dims=(32, 16, 16), num_heads=(2, 1, 1), depths=(1, 1, 1), block_side=4,
                                     patch_size=1, latent_dim=16)
     else:
-        config.gan.generator = ml_collections.ConfigDict(dict(
-            name="sagan_generator", variant="tiny", latent_dim=16, channels=8, channel_multipliers=(2, 1),
-            attention_resolution=0, bn_momentum=0.9))
+        config.gan.generator = models.config("sagan_generator", latent_dim=16, channels=8, channel_multipliers=(2, 1),
+                                             attention_resolution=0)
     config.gan.discriminator.update(channels=16, channel_multipliers=(1, 2, 2), attention_resolution=8)
     config.gan.update(gan_overrides)
     return config
@@ -158,19 +160,53 @@ def test_eval_outputs_reduce_to_the_frechet_distance_of_the_unmasked_examples():
     assert result["fd_examples"] == 24 and result["fd"] == pytest.approx(expected, rel=1e-6)
 
 
+def test_the_classifier_feature_network_reads_a_checkpoint_and_gives_the_models_pre_logits(tmp_path):
+    model_config = models.config("nest", variant="T", num_classes=3, dims=(16, 24), num_heads=(2, 2), depths=(1, 1),
+                                 patch_size=2)
+    model = models.build(model_config)
+    params = meta.unbox(jax.jit(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)), train=False))()["params"])
+    with ocp.CheckpointManager(str(tmp_path / "checkpoints"), item_names=("state",)) as manager:
+        manager.save(7, args=ocp.args.Composite(state=ocp.args.StandardSave({"params": params, "model_state": {}})))
+        manager.wait_until_finished()
+    with open(tmp_path / "config.json", "w", encoding="utf-8") as f:
+        json.dump({"model": model_config.to_dict(), "dataset": {"normalize": "unit", "image_size": 8}}, f)
+
+    network = gan.feature_network_from_config(ml_collections.ConfigDict(dict(network="classifier", path=str(tmp_path))))
+    assert network.dim == 24 and "step 7" in network.name and "nest" in network.name
+    images = jax.random.uniform(jax.random.key(1), (4, 8, 8, 3), minval=-1.0, maxval=1.0)
+    _, state = jax.jit(lambda x: model.apply({"params": params}, x, train=False, mutable=["intermediates"]))(
+        (images + 1.0) / 2.0)  # the classifier's 'unit' normalisation
+    apply = jax.jit(network.apply)
+    np.testing.assert_allclose(apply(images), state["intermediates"]["pre_logits"][0], atol=1e-5)
+    assert apply(jnp.zeros((2, 16, 16, 3))).shape == (2, 24)  # other sizes are resized to the classifier's
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        gan.classifier_network(str(tmp_path / "checkpoints"))
+    with pytest.raises(ValueError, match="config.gan.fd.path is empty"):
+        gan.feature_network_from_config(ml_collections.ConfigDict(dict(network="classifier", path="")))
+
+
 def test_config_errors_name_the_field():
+    trainer.validate(tiny_config())  # everything main.py checks before reading data
     config = tiny_config()
     config.dataset.normalize = "unit"
     with pytest.raises(ValueError, match="config.dataset.normalize='unit'"):
-        make_task(config)
-    with pytest.raises(ValueError, match="config.gan.discriminator_steps=0"):
-        make_task(tiny_config(discriminator_steps=0))
-    with pytest.raises(ValueError, match="config.gan.ema_decay=1.0"):
-        make_task(tiny_config(ema_decay=1.0))
+        gan.GanTask.validate(config)
+    for overrides, message in ((dict(discriminator_steps=0), "config.gan.discriminator_steps=0"),
+                               (dict(ema_decay=1.0), "config.gan.ema_decay=1.0")):
+        with pytest.raises(ValueError, match=message):
+            gan.GanTask.validate(tiny_config(**overrides))
+    config = tiny_config()
+    config.gan.generator_optimizer.name = "lamb"
+    with pytest.raises(ValueError, match="config.gan.generator_optimizer.name='lamb'"):
+        gan.GanTask.validate(config)
     config = tiny_config()
     config.gan.generator.block_side = 8
     with pytest.raises(ValueError, match=r"makes images \(32, 32, 3\), but the dataset's are \(16, 16, 3\)"):
-        make_task(config)
+        gan.GanTask.validate(config)
+    config = tiny_config()
+    config.gan.discriminator.channel_multipliers = (1, 1, 1, 1, 1, 1)
+    with pytest.raises(ValueError, match="config.gan.discriminator does not take"):
+        gan.GanTask.validate(config)
     with pytest.raises(NotImplementedError, match="few-shot"):
         make_task(tiny_config()).features({}, None)
     assert base.get("gan") is gan.GanTask

@@ -8,21 +8,21 @@ import functools
 import flax
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from flax.core import meta
 
+from tokenlearner_jax import models
 from tokenlearner_jax.layers.blocking import block_partition
 from tokenlearner_jax.models import flops, gennest, nest, sagan_discriminator, sagan_generator
 from tokenlearner_jax.models.sagan_layers import SelfAttention
 
 
+NAMES = {gennest: "gennest", sagan_generator: "sagan_generator", sagan_discriminator: "sagan_discriminator"}
+
+
 def config_of(module, variant, **overrides):
-    config = module.default_config()
-    config.variant = variant
-    config.update(overrides)
-    return config
+    return models.config(NAMES[module], variant=variant, **overrides)
 
 
 def abstract_params(model, input_shape):
@@ -173,8 +173,9 @@ def test_self_attention_matches_numpy():
      "config.gan.discriminator.variant='x'"),
 ])
 def test_config_errors_name_the_field(module, builder, overrides, message):
-    config = module.default_config()
+    config = models.config(NAMES[module])
     config.update(overrides)
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         builder(config)
-    assert isinstance(module.default_config(), ml_collections.ConfigDict)
+    assert models.build(models.config(NAMES[module])).__class__.__name__ in (
+        "GenNest", "SaganGenerator", "SaganDiscriminator")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax.core import meta
 
-from tokenlearner_jax import config_lib, models
+from tokenlearner_jax import models
 from tokenlearner_jax.evaluate import gradcat
 
 matplotlib.use("Agg")
@@ -94,9 +94,8 @@ def test_each_class_leads_to_its_own_leaf(objective, child_scores):
 @functools.cache
 def tiny_nest():
     """A 3-level NesT on 16x16 images: patches of 2, grids 8x8, 4x4, 2x2 (block side 2)."""
-    config = config_lib.nest_model("T", num_classes=5)
-    config.update(dims=(8, 16, 16), num_heads=(2, 2, 2), depths=(1, 1, 1), patch_size=2, drop_path_rate=0.0)
-    model = models.build(config)
+    model = models.build(models.config("nest", variant="T", num_classes=5, dims=(8, 16, 16), num_heads=(2, 2, 2),
+                                       depths=(1, 1, 1), patch_size=2, drop_path_rate=0.0))
     variables = meta.unbox(jax.jit(lambda: model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)), train=False))())
     return model, variables
 

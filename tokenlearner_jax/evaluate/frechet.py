@@ -5,29 +5,25 @@ covariance (ddof 1, as np.cov) of each set's features: the Fréchet (2-Wasserste
 two Gaussians fitted to them (Heusel et al., arXiv 1706.08500). The statistics are accumulated and the
 matrix square root is taken in float64 on the host (scipy.linalg.sqrtm, as the reference FID code).
 
-The feature network (`FeatureNetwork`) comes from config (`config.gan.fd`, tasks/gan.py):
-- 'classifier' (default): the pre-logit features (intermediates 'pre_logits') of a classifier checkpoint
-  trained by this project, usually on the same data; tables must name it, since such distances are not
-  comparable with published FIDs.
+A `FeatureNetwork` maps images to the features; which one is config (`config.gan.fd`, tasks/gan.py):
+- 'classifier' (default): the pre-logit features of a classifier checkpoint trained by this project,
+  usually on the same data (built by tasks/gan.py, which may read checkpoints); tables must name it,
+  since such distances are not comparable with published FIDs.
 - 'inception_v3': InceptionV3's pool-3 features from a weights file the user supplies (.safetensors or
   .npz). Not implemented in this version: there is no independent InceptionV3 reference on this machine
-  to test a Flax forward pass against, so the file is checked and a clear error is raised.
+  to test a Flax forward pass against, so `inception_network` checks the file and raises a clear error.
 """
 
 import dataclasses
-import json
 import os
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import scipy.linalg
 
-from tokenlearner_jax import models
 from tokenlearner_jax.data import preprocess
-from tokenlearner_jax.weights import init_from
 
 NETWORKS = ("classifier", "inception_v3")
 
@@ -123,40 +119,6 @@ def normalize_from_minus_one_one(images: jax.Array, normalize: str) -> jax.Array
     return (images + 1.0) * 127.5 * jnp.asarray(scale) + jnp.asarray(offset)
 
 
-def classifier_network(workdir: str) -> FeatureNetwork:
-    """The pre-logit features of the latest checkpoint of a classification run in `workdir`.
-
-    The run's `config.json` gives the model and the normalisation and image size it was trained with;
-    images are converted from [-1, 1] to that normalisation and resized (bilinear) to that size."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"config.gan.fd.path={workdir!r}: no config.json there; expected the workdir of a "
-                                f"classification run")
-    with open(path, encoding="utf-8") as f:
-        saved = json.load(f)
-    model_config = ml_collections.ConfigDict(saved["model"])
-    normalize, size = saved["dataset"]["normalize"], saved["dataset"]["image_size"]
-    model = models.build(model_config)
-    variables, step = init_from.restore_variables(workdir)
-    probe = jax.eval_shape(lambda: _pre_logits(model, variables, jnp.zeros((1, size, size, 3), jnp.float32)))
-
-    def apply(images):
-        if images.shape[1:3] != (size, size):
-            images = jax.image.resize(images, (images.shape[0], size, size, images.shape[3]), "bilinear")
-        return _pre_logits(model, variables, normalize_from_minus_one_one(images, normalize))
-
-    name = f"classifier {model_config.name} ({os.path.abspath(workdir)}, step {step}) pre-logits, {probe.shape[1]}-d"
-    return FeatureNetwork(name=name, dim=int(probe.shape[1]), apply=apply)
-
-
-def _pre_logits(model, variables, images):
-    _, state = model.apply(variables, images, train=False, mutable=["intermediates"])
-    pre_logits = state["intermediates"].get("pre_logits")
-    if pre_logits is None:
-        raise ValueError(f"{type(model).__name__} sows no 'pre_logits' intermediate to take features from")
-    return pre_logits[0].astype(jnp.float32)
-
-
 def inception_network(weights_path: str) -> FeatureNetwork:
     """InceptionV3 pool-3 features from `weights_path` (.safetensors or .npz): see the module docstring."""
     if not weights_path or not os.path.exists(weights_path):
@@ -167,15 +129,3 @@ def inception_network(weights_path: str) -> FeatureNetwork:
         "config.gan.fd.network='inception_v3': the InceptionV3 forward pass is not implemented in this version "
         "(no independent reference to test it against here); use network='classifier' with the workdir of a "
         "classifier trained on the same data")
-
-
-def network_from_config(fd_config) -> FeatureNetwork:
-    """The feature network of `config.gan.fd` (fields `network` and `path`)."""
-    if fd_config.network not in NETWORKS:
-        raise ValueError(f"config.gan.fd.network={fd_config.network!r}: expected one of {NETWORKS}")
-    if not fd_config.path:
-        wanted = "the workdir of a classifier run" if fd_config.network == "classifier" else "an InceptionV3 weights file"
-        raise ValueError(f"config.gan.fd.path is empty: set it to {wanted}")
-    if fd_config.network == "classifier":
-        return classifier_network(fd_config.path)
-    return inception_network(fd_config.path)

@@ -27,12 +27,11 @@ from typing import Tuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from tokenlearner_jax.layers.attention import layer_norm
 from tokenlearner_jax.layers.partitioning import param_with_axes
 from tokenlearner_jax.models.nest import NestLevel
-from tokenlearner_jax.models.registry import register
+from tokenlearner_jax.models.registry import DTYPES, register
 
 # name -> (latent_dim, dims, heads, depths, block side S, patch size); image side = S * 2^(L-1) * patch.
 VARIANTS = {
@@ -120,21 +119,15 @@ class GenNest(nn.Module):
         return jnp.tanh(depth_to_space(x, p).astype(jnp.float32))
 
 
-def default_config() -> ml_collections.ConfigDict:
-    """`config.gan.generator` for GenNesT. Empty tuples and -1 take the variant's value."""
-    return ml_collections.ConfigDict(dict(
-        name="gennest",
-        variant="tiny",
-        latent_dim=-1,
-        dims=(), num_heads=(), depths=(),
-        block_side=-1,
-        patch_size=-1,
-        mlp_ratio=4,
-        dtype="float32",
-    ))
+def default_config() -> dict:
+    """Every field of GenNesT's model section (`config.gan.generator`, tasks/gan.py). `variant` ('tiny',
+    'celeba64', 'imagenet64') sets latent_dim, dims, num_heads, depths, block_side and patch_size;
+    non-empty tuples and positive values override it."""
+    return dict(variant="tiny", latent_dim=-1, dims=(), num_heads=(), depths=(), block_side=-1, patch_size=-1,
+                mlp_ratio=4, dtype="float32")
 
 
-@register("gennest")
+@register("gennest", default_config)
 def build_gennest(config) -> GenNest:
     """Builds GenNesT from its config (`default_config`); ValueError naming the field for a bad value."""
     if config.variant not in VARIANTS:
@@ -155,6 +148,8 @@ def build_gennest(config) -> GenNest:
             raise ValueError(f"config.gan.generator.{field}={value}: expected a positive value (-1: the variant's)")
     if config.mlp_ratio < 1:
         raise ValueError(f"config.gan.generator.mlp_ratio={config.mlp_ratio}: expected a positive value")
+    if config.get("dtype", "float32") not in DTYPES:
+        raise ValueError(f"config.gan.generator.dtype={config.dtype!r}: expected one of {DTYPES}")
     return GenNest(
         latent_dim=config.latent_dim if config.latent_dim > 0 else latent,
         dims=dims, num_heads=heads, depths=depths,

@@ -19,7 +19,6 @@ from typing import Tuple
 
 import flax.linen as nn
 import jax.numpy as jnp
-import ml_collections
 
 from tokenlearner_jax.models.registry import register
 from tokenlearner_jax.models.sagan_generator import resolve
@@ -85,19 +84,15 @@ class SaganDiscriminator(nn.Module):
         return SNDense(1, name="logit")(x, update_stats=train)[:, 0]
 
 
-def default_config() -> ml_collections.ConfigDict:
-    """`config.gan.discriminator` for the SAGAN-style discriminator. -1 and () take the variant's value;
-    attention_resolution 0 turns self-attention off."""
-    return ml_collections.ConfigDict(dict(
-        name="sagan_discriminator",
-        variant="tiny",
-        channels=-1,
-        channel_multipliers=(),
-        attention_resolution=-1,
-    ))
+def default_config() -> dict:
+    """Every field of the SAGAN-style discriminator's model section (`config.gan.discriminator`,
+    tasks/gan.py). `variant` ('tiny' for 32x32 images, '64' for 64x64) sets channels,
+    channel_multipliers and attention_resolution; positive values and a non-empty tuple override it
+    (attention_resolution 0: no self-attention)."""
+    return dict(variant="tiny", channels=-1, channel_multipliers=(), attention_resolution=-1)
 
 
-@register("sagan_discriminator")
+@register("sagan_discriminator", default_config)
 def build_sagan_discriminator(config) -> SaganDiscriminator:
     """Builds the discriminator from its config (`default_config`); ValueError naming the field for a bad value."""
     return SaganDiscriminator(**resolve(config, "config.gan.discriminator", VARIANTS))

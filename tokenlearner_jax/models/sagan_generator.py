@@ -21,7 +21,6 @@ from typing import Tuple
 
 import flax.linen as nn
 import jax.numpy as jnp
-import ml_collections
 
 from tokenlearner_jax.models.registry import register
 from tokenlearner_jax.models.sagan_layers import SelfAttention, SNConv, SNDense, upsample_nearest
@@ -89,18 +88,13 @@ class SaganGenerator(nn.Module):
         return jnp.tanh(SNConv(3, 3, name="output_conv")(x, update_stats=train))
 
 
-def default_config() -> ml_collections.ConfigDict:
-    """`config.gan.generator` for the SAGAN-style generator. -1 and () take the variant's value;
-    attention_resolution 0 turns self-attention off."""
-    return ml_collections.ConfigDict(dict(
-        name="sagan_generator",
-        variant="tiny",
-        latent_dim=-1,
-        channels=-1,
-        channel_multipliers=(),
-        attention_resolution=-1,
-        bn_momentum=0.9,
-    ))
+def default_config() -> dict:
+    """Every field of the SAGAN-style generator's model section (`config.gan.generator`, tasks/gan.py).
+    `variant` ('tiny': 32x32, '64': 64x64) sets latent_dim, channels, channel_multipliers and
+    attention_resolution; positive values and a non-empty tuple override it (attention_resolution 0: no
+    self-attention)."""
+    return dict(variant="tiny", latent_dim=-1, channels=-1, channel_multipliers=(), attention_resolution=-1,
+                bn_momentum=0.9)
 
 
 def resolve(config, section: str, variants: dict) -> dict:
@@ -121,7 +115,7 @@ def resolve(config, section: str, variants: dict) -> dict:
     return dict(channels=channels, channel_multipliers=multipliers, attention_resolution=attention)
 
 
-@register("sagan_generator")
+@register("sagan_generator", default_config)
 def build_sagan_generator(config) -> SaganGenerator:
     """Builds the generator from its config (`default_config`); ValueError naming the field for a bad value."""
     arch = resolve(config, "config.gan.generator", VARIANTS)

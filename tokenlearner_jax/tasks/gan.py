@@ -22,33 +22,44 @@ spectral-norm vectors), both optimizer states, the generator EMA and the step, s
 all of it. `features` does not apply (no few-shot evaluation of a GAN).
 """
 
+import json
+import os
 from typing import Any, Optional
 
 import flax
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
-from tokenlearner_jax import models
+from tokenlearner_jax import data, models
 from tokenlearner_jax.evaluate import frechet
 from tokenlearner_jax.models import flops
 from tokenlearner_jax.models import gennest, sagan_discriminator, sagan_generator  # noqa: F401  (registration)
 from tokenlearner_jax.tasks import base, optimizer
+from tokenlearner_jax.weights import init_from
 
 
 def _adam(learning_rate: float) -> dict:
-    return dict(name="adam", learning_rate=learning_rate, b1=0.0, b2=0.9, eps=1e-8, warmup_steps=0,
-                decay="constant", end_learning_rate=learning_rate, grad_clip_norm=0.0)
+    return optimizer.default_config(name="adam", learning_rate=learning_rate, b1=0.0, b2=0.9, decay="constant",
+                                    weight_decay=0.0, grad_clip_norm=0.0)
 
 
-def default_config() -> ml_collections.ConfigDict:
-    """`config.gan`: the generator and discriminator model sections, their optimizers, the update ratio,
-    the generator EMA and the Fréchet distance's feature network (`fd`)."""
-    return ml_collections.ConfigDict(dict(
-        generator=gennest.default_config().to_dict(),
-        discriminator=sagan_discriminator.default_config().to_dict(),
+def default_config() -> dict:
+    """The fields of `config` this task reads: the `gan` section, with its defaults.
+
+    generator, discriminator: model sections (`models.config(name, ...)`; GenNesT and the SAGAN-style
+      discriminator by default; 'sagan_generator' is the convolutional baseline). A config file switches a
+      network by replacing its whole section.
+    generator_optimizer, discriminator_optimizer: tasks/optimizer.py sections (SAGAN's recipe by default).
+    discriminator_steps: discriminator updates per generator update, each on its share of the batch.
+    ema_decay, ema_dynamic_decay: the generator EMA (tasks/base.ema_update), which eval samples.
+    fd: the Fréchet distance's features: network 'classifier' (path: the workdir of a classifier run) or
+      'inception_v3' (path: a weights file; not implemented, see evaluate/frechet.py); seed of the eval
+      latents."""
+    return dict(gan=dict(
+        generator=dict(gennest.default_config(), name="gennest"),
+        discriminator=dict(sagan_discriminator.default_config(), name="sagan_discriminator"),
         generator_optimizer=_adam(1e-4),
         discriminator_optimizer=_adam(4e-4),
         discriminator_steps=1,
@@ -56,6 +67,53 @@ def default_config() -> ml_collections.ConfigDict:
         ema_dynamic_decay=True,
         fd=dict(network="classifier", path="", seed=0),
     ))
+
+
+def _pre_logits(model, variables, images):
+    _, state = model.apply(variables, images, train=False, mutable=["intermediates"])
+    pre_logits = state["intermediates"].get("pre_logits")
+    if pre_logits is None:
+        raise ValueError(f"{type(model).__name__} sows no 'pre_logits' intermediate to take features from")
+    return pre_logits[0].astype(jnp.float32)
+
+
+def classifier_network(workdir: str) -> frechet.FeatureNetwork:
+    """The pre-logit features of the latest checkpoint of a classification run in `workdir`.
+
+    The run's `config.json` gives the model and the normalisation and image size it was trained with;
+    images are converted from [-1, 1] to that normalisation and resized (bilinear) to that size."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"config.gan.fd.path={workdir!r}: no config.json there; expected the workdir of a "
+                                f"classification run")
+    with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+    model_config = models.config(saved["model"]["name"])
+    model_config.update(saved["model"])
+    normalize, size = saved["dataset"]["normalize"], saved["dataset"]["image_size"]
+    model = models.build(model_config)
+    variables, step = init_from.restore_variables(workdir)
+    probe = jax.eval_shape(lambda: _pre_logits(model, variables, jnp.zeros((1, size, size, 3), jnp.float32)))
+
+    def apply(images):
+        if images.shape[1:3] != (size, size):
+            images = jax.image.resize(images, (images.shape[0], size, size, images.shape[3]), "bilinear")
+        return _pre_logits(model, variables, frechet.normalize_from_minus_one_one(images, normalize))
+
+    name = f"classifier {model_config.name} ({os.path.abspath(workdir)}, step {step}) pre-logits, {probe.shape[1]}-d"
+    return frechet.FeatureNetwork(name=name, dim=int(probe.shape[1]), apply=apply)
+
+
+def feature_network_from_config(fd_config) -> frechet.FeatureNetwork:
+    """The feature network of `config.gan.fd`."""
+    if fd_config.network not in frechet.NETWORKS:
+        raise ValueError(f"config.gan.fd.network={fd_config.network!r}: expected one of {frechet.NETWORKS}")
+    if not fd_config.path:
+        wanted = "the workdir of a classifier run" if fd_config.network == "classifier" else "a weights file"
+        raise ValueError(f"config.gan.fd.path is empty: set it to {wanted}")
+    if fd_config.network == "classifier":
+        return classifier_network(fd_config.path)
+    return frechet.inception_network(fd_config.path)
 
 
 @flax.struct.dataclass
@@ -107,13 +165,20 @@ class FrechetAccumulator(base.EvalAccumulator):
                 "fd_examples": self.real.count}
 
 
+def _output_shape(module, input_shape) -> tuple:
+    """Shape of one output of `module` on one input of `input_shape` (traced, nothing computed)."""
+    inputs = jax.ShapeDtypeStruct((1,) + tuple(input_shape), jnp.float32)
+    return tuple(jax.eval_shape(lambda x: module.init_with_output(jax.random.key(0), x)[0], inputs).shape[1:])
+
+
 @base.register("gan")
 class GanTask(base.Task):
     """Module docstring. `feature_network` replaces the one of `config.gan.fd` (built on first use)."""
 
+    default_config = staticmethod(default_config)
+
     def __init__(self, config, info, total_steps: int, feature_network: Optional[frechet.FeatureNetwork] = None):
         super().__init__(config, info, total_steps)
-        self.validate(config)
         gan = config.gan
         self.generator = models.build(gan.generator)
         self.discriminator = models.build(gan.discriminator)
@@ -122,12 +187,6 @@ class GanTask(base.Task):
         self.discriminator_tx, self.discriminator_schedule = optimizer.make_optimizer(
             gan.discriminator_optimizer, total_steps * gan.discriminator_steps)
         self._feature_network = feature_network
-        latents = jax.ShapeDtypeStruct((1, self.latent_dim), jnp.float32)
-        shape = jax.eval_shape(lambda z: self.generator.init_with_output(jax.random.key(0), z)[0], latents).shape
-        if tuple(shape[1:]) != tuple(info.image_shape):
-            raise ValueError(f"config.gan.generator ({gan.generator.name}, variant {gan.generator.variant!r}) makes "
-                             f"images {tuple(shape[1:])}, but the dataset's are {tuple(info.image_shape)} "
-                             f"(config.dataset.image_size)")
 
     @classmethod
     def validate(cls, config) -> None:
@@ -141,11 +200,23 @@ class GanTask(base.Task):
             raise ValueError(f"config.gan.ema_decay={gan.ema_decay}: expected a value in [0, 1)")
         if gan.fd.network not in frechet.NETWORKS:
             raise ValueError(f"config.gan.fd.network={gan.fd.network!r}: expected one of {frechet.NETWORKS}")
+        for field in ("generator_optimizer", "discriminator_optimizer"):
+            optimizer.validate(gan[field], f"gan.{field}")
+        generator = models.build(gan.generator)
+        images = _output_shape(generator, (generator.latent_dim,))
+        expected = data.example_shape(config.dataset)
+        if images != tuple(expected):
+            raise ValueError(f"config.gan.generator ({gan.generator.name}, variant {gan.generator.variant!r}) makes "
+                             f"images {images}, but the dataset's are {tuple(expected)} (config.dataset.image_size)")
+        try:
+            _output_shape(models.build(gan.discriminator), expected)
+        except ValueError as e:
+            raise ValueError(f"config.gan.discriminator does not take {tuple(expected)} images: {e}") from e
 
     @property
     def feature_network(self) -> frechet.FeatureNetwork:
         if self._feature_network is None:
-            self._feature_network = frechet.network_from_config(self.config.gan.fd)
+            self._feature_network = feature_network_from_config(self.config.gan.fd)
         return self._feature_network
 
     def init_state(self, rng) -> GanState:

@@ -194,8 +194,9 @@ class GanTask(base.Task):
         if config.dataset.normalize != "minus_one_one":
             raise ValueError(f"config.dataset.normalize={config.dataset.normalize!r}: the generators' images are "
                              f"in (-1, 1); set it to 'minus_one_one'")
-        if gan.discriminator_steps < 1:
-            raise ValueError(f"config.gan.discriminator_steps={gan.discriminator_steps}: expected 1 or more")
+        if gan.discriminator_steps < 1 or config.batch_size % gan.discriminator_steps:
+            raise ValueError(f"config.gan.discriminator_steps={gan.discriminator_steps}: expected 1 or more, dividing "
+                             f"config.batch_size={config.batch_size}")
         if not 0.0 <= gan.ema_decay < 1.0:
             raise ValueError(f"config.gan.ema_decay={gan.ema_decay}: expected a value in [0, 1)")
         if gan.fd.network not in frechet.NETWORKS:

@@ -164,7 +164,8 @@ def test_the_classifier_feature_network_reads_a_checkpoint_and_gives_the_models_
     model_config = models.config("nest", variant="T", num_classes=3, dims=(16, 24), num_heads=(2, 2), depths=(1, 1),
                                  patch_size=2)
     model = models.build(model_config)
-    params = meta.unbox(jax.jit(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)), train=False))()["params"])
+    variables = jax.jit(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)), train=False))()
+    params = meta.unbox(variables["params"])
     with ocp.CheckpointManager(str(tmp_path / "checkpoints"), item_names=("state",)) as manager:
         manager.save(7, args=ocp.args.Composite(state=ocp.args.StandardSave({"params": params, "model_state": {}})))
         manager.wait_until_finished()

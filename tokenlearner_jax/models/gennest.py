@@ -15,11 +15,12 @@ aggregation is replaced by a block de-aggregation built on pixel shuffling. As b
 - Output: LayerNorm -> Dense to patch_size^2 * 3 -> depth-to-space by patch_size -> tanh, an image in
   (-1, 1) (config.dataset.normalize='minus_one_one') of side S * 2^(L-1) * patch_size.
 
-What is ours, not the paper's (its text leaves these out): the order conv -> shuffle -> LayerNorm of the
-de-aggregation, the output projection by pixel shuffle of `patch_size`, and every size of the variants.
-The variants '*64' make 64x64 images (ImageNet 64x64, CelebA 64x64); their widths are chosen so that
-'imagenet64' has about the parameter count of the SAGAN-style generator of models/sagan_generator.py at
-its '64' variant, the comparison the paper makes. 'tiny' makes 32x32 images and trains on these CPUs.
+What is ours: the order conv -> shuffle -> LayerNorm of the de-aggregation, the output projection by pixel
+shuffle of `patch_size`, and every size of the variants. (The paper's full text was not available when this
+was written; the description above is its summary, as in the NesT blog post.) The variants '*64' make
+64x64 images (ImageNet 64x64, CelebA 64x64); their widths are chosen so that 'imagenet64' has about the
+parameter count of the SAGAN-style generator of models/sagan_generator.py at its '64' variant (the
+comparison the paper makes); 'celeba64' is a smaller one. 'tiny' makes 32x32 images for CPU runs.
 """
 
 from typing import Tuple

@@ -15,6 +15,7 @@ Public API:
 """
 
 # Importing the dataset modules registers them.
+from tokenlearner_jax.data import canvas_digits  # noqa: F401
 from tokenlearner_jax.data import digits  # noqa: F401
 from tokenlearner_jax.data import image_folder  # noqa: F401
 from tokenlearner_jax.data import synthetic  # noqa: F401

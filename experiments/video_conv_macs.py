@@ -81,7 +81,7 @@ def main():
         macs = (costs["matmul_macs"] + channelwise) / 1e9
         clip = "x".join(str(n) for n in shape[:3])
         lines.append(f"| {name} | {clip} | {costs['params'] / 1e6:.3f} | {transformer_tokens(model, shape)} | "
-                     f"{macs:.3f} | {costs['xla_macs'] / 1e9:.3f} |")
+                     f"{macs:.4g} | {costs['xla_macs'] / 1e9:.4g} |")
         print(lines[-1], flush=True)
         if config.num_classes == 400 and shape[1] == 256:
             # The same network with X3D's channel-wise 3x3x3 convs: 15 more taps per inner channel (weights)

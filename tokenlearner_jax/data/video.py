@@ -190,6 +190,8 @@ def class_id_map(names: Sequence[str]) -> dict[str, int]:
 
 
 def read_list(path: str, label_key: str, layout: str) -> list[dict]:
+    """The rows of a CSV (with a header) or JSON list; ValueError naming the file and `layout` for a row
+    without 'path' or `label_key`."""
     if path.endswith(".json"):
         with open(path, encoding="utf-8") as f:
             rows = json.load(f)
@@ -203,6 +205,7 @@ def read_list(path: str, label_key: str, layout: str) -> list[dict]:
 
 
 def list_entry(root: str, row: dict) -> VideoFile:
+    """The VideoFile of a list row: its path (relative to `root`, or absolute) and optional start / end."""
     path = row["path"] if os.path.isabs(row["path"]) else os.path.join(root, row["path"])
     return VideoFile(path, _float_or_none(row.get("start")), _float_or_none(row.get("end")))
 

@@ -87,10 +87,29 @@ def test_shapes_and_which_mixer_runs_where(stages, enabled):
     assert maps == expected
 
 
-def test_learned_token_attention_is_a_softmax_over_each_frame():
+def test_token_learner_v10_runs_on_each_frames_grid():
+    """v1.0 (convolutions over the frame's h x w grid, sigmoid maps) in place of v1.1."""
+    model = x2plus1d.build(_tiny(token_learner=dict(version="v1.0")))
+    videos = jax.ShapeDtypeStruct((2, 4, 32, 32, 3), jnp.float32)
+    variables = jax.eval_shape(lambda x: flax.core.meta.unbox(model.init(jax.random.key(0), x)), videos)
+    learner = variables["params"]["stage1_block1"]["transformer"]["token_learner"]
+    assert learner["Conv_0"]["kernel"].shape == (3, 3, 16 * 2, 3)  # 3x3 convs over the 4x4 map, 3 tokens
+    logits, state = jax.eval_shape(lambda v, x: model.apply(v, x, mutable=["intermediates"]), variables, videos)
+    assert logits.shape == (2, 6)
+    assert state["intermediates"]["stage1_block1"]["transformer"]["token_learner"]["token_attention"][0].shape == \
+        (8, 3, 16)
+
+
+@pytest.fixture(scope="module")
+def tiny_model_and_variables():
+    """The default _tiny() model (TokenLearner in its last stage) and its variables, initialised once."""
     model = x2plus1d.build(_tiny())
+    return model, _init(model, (4, 32, 32, 3))
+
+
+def test_learned_token_attention_is_a_softmax_over_each_frame(tiny_model_and_variables):
+    model, variables = tiny_model_and_variables
     videos = jax.random.normal(jax.random.key(0), (2, 4, 32, 32, 3))
-    variables = _init(model, (4, 32, 32, 3))
     _, state = jax.jit(lambda v, x: model.apply(v, x, mutable=["intermediates"]))(variables, videos)
     attention = np.asarray(state["intermediates"]["stage1_block0"]["transformer"]["token_learner"]
                            ["token_attention"][0])
@@ -113,7 +132,8 @@ def test_the_space_time_unit_starts_as_the_identity():
     # Without TokenLearner the unit is a transformer over all T x h x w positions (not the identity).
     plain = x2plus1d.SpaceTimeTransformer(num_heads=2, mlp_dim=16)
     plain_variables = flax.core.meta.unbox(jax.jit(lambda key, x: plain.init(key, x, train=False))(jax.random.key(1), x))
-    assert np.abs(np.asarray(plain.apply(plain_variables, x, train=False) - x)).max() > 1e-2
+    plain_out = jax.jit(lambda v, x: plain.apply(v, x, train=False))(plain_variables, x)
+    assert np.abs(np.asarray(plain_out - x)).max() > 1e-2
 
 
 def test_a_block_starts_as_its_shortcut():
@@ -181,13 +201,12 @@ def test_channelwise_macs_are_output_elements_times_taps():
     assert x2plus1d.channelwise_macs(model, (4, 32, 32, 3)) == expected
 
 
-def test_a_few_optax_steps_lower_the_multilabel_loss():
+def test_a_few_optax_steps_lower_the_multilabel_loss(tiny_model_and_variables):
     """TokenLearner model, sigmoid loss on random multi-hot labels; BatchNorm statistics move in training."""
-    model = x2plus1d.build(_tiny())
+    model, variables = tiny_model_and_variables
     rng = np.random.default_rng(0)
     videos = jnp.asarray(rng.normal(size=(8, 4, 32, 32, 3)) * 2 + 1, jnp.float32)
     labels = jnp.asarray(rng.integers(0, 2, size=(8, 6)), jnp.float32)
-    variables = _init(model, (4, 32, 32, 3))
     params, batch_stats = variables["params"], variables["batch_stats"]
     optimizer = optax.adam(1e-2)
     opt_state = optimizer.init(params)

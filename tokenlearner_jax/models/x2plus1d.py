@@ -1,7 +1,8 @@
 """X(2+1)D with TokenLearner, a transformer over the learned tokens and TokenFuser: the TokenLearner
 paper's network for Charades and AViD (arXiv 2106.11297, "TokenLearner with Bottleneck Transformer").
 
-The paper's design, as far as its text says: an X3D backbone (Feichtenhofer, CVPR 2020) whose
+The paper's design, as a summary of its text describes it (the paper itself could not be read where this
+was written): an X3D backbone (Feichtenhofer, CVPR 2020) whose
 channel-wise 3D convolutions are factorised into a 2D spatial and a 1D temporal convolution
 ("X(2+1)D"), turned into a video Bottleneck Transformer (Srinivas et al., CVPR 2021): in the residual
 blocks of the last stage the 2D spatial convolution is replaced by TokenLearner -> transformer ->

@@ -71,7 +71,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results", "video_conv_macs.md"))
     args = parser.parse_args()
-    lines = ["| model | clip (T x H x W) | params (M) | transformer tokens | GMACs (dot + conv) | GMACs (XLA, all ops) |",
+    lines = [("| model | clip (T x H x W) | params (M) | transformer tokens | GMACs (dot + conv) "
+              "| GMACs (XLA, all ops) |"),
              "|---|---|---|---|---|---|"]
     x3d_lines = []
     for name, config, shape in ROWS:

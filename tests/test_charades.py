@@ -102,7 +102,8 @@ def test_evaluation_batches_carry_views_and_the_video_labels():
     assert batch["image"].shape == (2, 3, 4, 16, 16, 3)
     assert batch["mask"].tolist() == [1.0, 0.0]
     assert np.flatnonzero(batch["label"][0]).tolist() == [42, 43]
-    assert [_video_and_frames(view)[1][0] for view in batch["image"][0]] == [0, 4, 9]  # starts rint(linspace(0, 16 - 7, 3))
+    starts = [_video_and_frames(view)[1][0] for view in batch["image"][0]]
+    assert starts == [0, 4, 9]  # rint(linspace(0, 16 - 7, 3))
 
 
 def test_unreadable_videos_are_skipped_and_counted(tmp_path):

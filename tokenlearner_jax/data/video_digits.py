@@ -23,11 +23,11 @@ cache is marked by a `COMPLETE` file, and concurrent writers (several processes)
 copy and rename it into place, so readers never see a partial cache.
 """
 
+from collections.abc import Callable
 import csv
 import os
 import shutil
 import tempfile
-from typing import Callable
 
 import ml_collections
 import numpy as np

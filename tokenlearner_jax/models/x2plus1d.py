@@ -47,7 +47,6 @@ BatchNorm statistics are the 'batch_stats' collection (updated in train mode wit
 """
 
 import dataclasses
-from typing import Optional, Tuple
 
 import flax
 import flax.linen as nn
@@ -67,8 +66,8 @@ class Variant:
     """Backbone sizes, and the transformer's defaults for them."""
 
     stem_width: int
-    widths: Tuple[int, ...]
-    depths: Tuple[int, ...]
+    widths: tuple[int, ...]
+    depths: tuple[int, ...]
     expansion: float  # inner width of a block = int(expansion * width)
     head_width: int
     fc_width: int
@@ -116,7 +115,7 @@ class TokenSpec:
     bottleneck_dim: int = 64
 
 
-def pointwise(features: int, name: str, dtype, axes: Tuple[Optional[str], Optional[str]] = ("embed", "mlp")):
+def pointwise(features: int, name: str, dtype, axes: tuple[str | None, str | None] = ("embed", "mlp")):
     """A 1x1x1 convolution without bias, i.e. a Dense on the channels (He fan-out initialisation)."""
     return nn.Dense(features, use_bias=False, dtype=dtype, name=name, kernel_init=param_with_axes(_CONV_INIT, axes))
 
@@ -134,9 +133,9 @@ class ChannelwiseConv(nn.Module):
       channel_axis: logical name of the channels.
     """
 
-    kernel_size: Tuple[int, int, int]
+    kernel_size: tuple[int, int, int]
     stride: int = 1
-    channel_axis: Optional[str] = "mlp"
+    channel_axis: str | None = "mlp"
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -160,7 +159,7 @@ class ChannelwiseConv(nn.Module):
         return out
 
 
-def batch_norm(name: str, train: bool, channel_axis: Optional[str], momentum: float, epsilon: float, dtype, *,
+def batch_norm(name: str, train: bool, channel_axis: str | None, momentum: float, epsilon: float, dtype, *,
                zero_scale: bool = False):
     """BatchNorm over batch, time and space (statistics in 'batch_stats'); `zero_scale` starts its output
     at zero (the last norm of a residual branch, so that the block starts as its shortcut)."""
@@ -208,7 +207,7 @@ class SpaceTimeTransformer(nn.Module):
     num_heads: int
     mlp_dim: int
     depth: int = 1
-    token_learner: Optional[TokenSpec] = None
+    token_learner: TokenSpec | None = None
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -252,7 +251,7 @@ class Block(nn.Module):
     inner: int
     stride: int = 1
     se_width: int = 0
-    transformer: Optional[dict] = None
+    transformer: dict | None = None
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
     dtype: jnp.dtype = jnp.float32
@@ -303,14 +302,14 @@ class X2Plus1D(nn.Module):
 
     num_classes: int
     stem_width: int
-    widths: Tuple[int, ...]
-    depths: Tuple[int, ...]
+    widths: tuple[int, ...]
+    depths: tuple[int, ...]
     expansion: float
     head_width: int
     fc_width: int
     se_ratio: float = 0.0625
-    transformer_stages: Tuple[int, ...] = ()
-    token_learner: Optional[TokenSpec] = None
+    transformer_stages: tuple[int, ...] = ()
+    token_learner: TokenSpec | None = None
     num_heads: int = 8
     mlp_ratio: float = 4
     transformer_depth: int = 1
@@ -328,9 +327,10 @@ class X2Plus1D(nn.Module):
             return batch_norm(name, train, "embed", self.bn_momentum, self.bn_epsilon, self.dtype)
 
         batch, frames = videos.shape[:2]
-        x = nn.Conv(self.stem_width, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), use_bias=False, dtype=self.dtype,
-                    name="stem_spatial", kernel_init=param_with_axes(_CONV_INIT, ("patch_h", "patch_w", "conv_in", "embed")))(
-            videos.reshape(batch * frames, *videos.shape[2:]).astype(self.dtype))  # per frame: a 1x3x3 conv
+        stem = nn.Conv(self.stem_width, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), use_bias=False,
+                       dtype=self.dtype, name="stem_spatial",
+                       kernel_init=param_with_axes(_CONV_INIT, ("patch_h", "patch_w", "conv_in", "embed")))
+        x = stem(videos.reshape(batch * frames, *videos.shape[2:]).astype(self.dtype))  # per frame: a 1x3x3 conv
         x = x.reshape(batch, frames, *x.shape[1:])
         x = ChannelwiseConv((5, 1, 1), channel_axis="embed", dtype=self.dtype, name="stem_temporal")(x)
         x = nn.relu(norm("stem_norm")(x))

@@ -7,11 +7,14 @@ Layouts (`config.dataset.data_dir` is the root), one per split:
   <root>/<split>.json  [{"path", "label"[, "start", "end"]}, ...]   relative to the root (or absolute),
                                                      label a class name, start / end in seconds (the
                                                      clip inside a longer video)
-Registered as 'video_folder', 'kinetics400' and 'kinetics600' (the same reader; the Kinetics configs
-set `dataset.num_classes`, which the data must match).
+Registered as 'video_folder', 'kinetics400', 'kinetics600' and 'avid' (the same reader; the Kinetics
+and AViD configs set `dataset.num_classes`, which the data must match).
+Multi-label lists of videos: data/video_multilabel.py; Charades: data/charades.py.
 
-Element i of a split is dict(image=VideoFile, label=int): nothing is decoded until the pipeline calls
-`VideoSplit.read(i, fn)`, which decodes the file and applies `fn` (the preprocessing) to its frames. A
+Element i of a split is dict(image=VideoFile, label=int or list of ints): nothing is decoded until the
+pipeline calls `VideoSplit.read(i, fn)`, which decodes the file and applies `fn` (the preprocessing) to
+its frames; a subclass may derive the label from the frames `fn` read (`VideoSplit.label_of`, used by
+data/charades.py for the actions that overlap a training clip). A
 file that fails to decode is skipped: element i is replaced by the next readable file (cyclically)
 with that file's label, and each bad path is logged once and counted (`VideoSplit.num_corrupt`), as
 for image folders.
@@ -66,15 +69,36 @@ def write_video(path: str, frames: np.ndarray, fps: int = 8, codec: str = "libx2
 
 class DecodedFrames(Sequence):
     """Decoded frames of one video; element i is uint8 `[height, width, 3]`, converted from the
-    decoder's YUV frame on first access (only the sampled frames are converted)."""
+    decoder's YUV frame on first access (only the sampled frames are converted, and remembered:
+    `accessed` lists them).
 
-    def __init__(self, frames: list, path: str):
+    Attributes:
+      fps: the stream's average frame rate (frames per second), for frames without a timestamp.
+    """
+
+    def __init__(self, frames: list, path: str, fps: float | None = None):
         self._frames = frames
         self._path = path
         self._rgb = {}
+        self.fps = fps
 
     def __len__(self) -> int:
         return len(self._frames)
+
+    @property
+    def accessed(self) -> list[int]:
+        """Sorted indices of the frames read so far (the frames a preprocessor sampled)."""
+        return sorted(self._rgb)
+
+    def time(self, index: int) -> float:
+        """Seconds from the first decoded frame to frame `index`: the difference of their presentation
+        timestamps, or `index / fps` when the container gives none."""
+        first, this = self._frames[0].time, self._frames[index].time
+        if first is None or this is None:
+            if not self.fps:
+                raise UnreadableFile(self._path, "frames carry no timestamps and the stream no frame rate")
+            return index / self.fps
+        return this - first
 
     def __getitem__(self, index: int) -> np.ndarray:
         if index not in self._rgb:
@@ -101,6 +125,7 @@ class VideoFile:
                 if not container.streams.video:
                     raise UnreadableFile(self.path, "no video stream")
                 stream = container.streams.video[0]
+                rate = stream.average_rate or stream.guessed_rate
                 if self.start:
                     container.seek(int(self.start / stream.time_base), stream=stream)  # the keyframe before start
                 for frame in container.decode(stream):
@@ -114,13 +139,14 @@ class VideoFile:
             raise UnreadableFile(self.path, str(e)) from e
         if not frames:
             raise UnreadableFile(self.path, "no frames" + ("" if self.start is None else " in the clip"))
-        return DecodedFrames(frames, self.path)
+        return DecodedFrames(frames, self.path, float(rate) if rate else None)
 
 
 class VideoSplit(Sequence):
-    """One split: element i is dict(image=VideoFile, label=int); `read(i, fn)` decodes it."""
+    """One split: element i is dict(image=VideoFile, label=int, or a list of ints when multi-label);
+    `read(i, fn)` decodes it."""
 
-    def __init__(self, clips: Sequence[VideoFile], labels: Sequence[int], skip_corrupt: bool = True,
+    def __init__(self, clips: Sequence[VideoFile], labels: Sequence, skip_corrupt: bool = True,
                  name: str = "video"):
         self._clips = list(clips)
         self._labels = list(labels)
@@ -142,18 +168,30 @@ class VideoSplit(Sequence):
     def read(self, index: int, fn):
         """(fn(decoded frames), label) of element `index`, or of the next readable file when it
         cannot be decoded (the bad file is logged once and counted)."""
-        return self._first_readable(index, len(self._clips),
-                                    lambda j: (fn(self._clips[j].decode()), self._labels[j]))
+        return self._first_readable(index, len(self._clips), lambda j: self._read_one(j, fn))
+
+    def _read_one(self, j: int, fn):
+        frames = self._clips[j].decode()
+        out = fn(frames)  # before label_of, which may look at the frames fn read
+        return out, self.label_of(j, frames)
+
+    def label_of(self, index: int, frames: DecodedFrames):
+        """The label of element `index` once `fn` has read `frames`: its stored label (subclasses may
+        look at `frames.accessed`)."""
+        del frames
+        return self._labels[index]
 
 
-def _class_ids(names: Sequence[str]) -> dict[str, int]:
+def class_id_map(names: Sequence[str]) -> dict[str, int]:
     """Sorted class names -> ids (numerically when every name is an integer)."""
     unique = set(names)
     key = int if all(name.lstrip("-").isdigit() for name in unique) else str
     return {name: i for i, name in enumerate(sorted(unique, key=key))}
 
 
-def _read_list(path: str) -> list[dict]:
+def read_list(path: str, label_key: str, layout: str) -> list[dict]:
+    """The rows of a CSV (with a header) or JSON list; ValueError naming the file and `layout` for a row
+    without 'path' or `label_key`."""
     if path.endswith(".json"):
         with open(path, encoding="utf-8") as f:
             rows = json.load(f)
@@ -161,9 +199,15 @@ def _read_list(path: str) -> list[dict]:
         with open(path, encoding="utf-8", newline="") as f:
             rows = list(csv.DictReader(f))
     for i, row in enumerate(rows):
-        if not isinstance(row, dict) or "path" not in row or "label" not in row:
-            raise ValueError(f"{path}: entry {i} ({row!r}) has no 'path' and 'label'; {LAYOUT}")
+        if not isinstance(row, dict) or "path" not in row or label_key not in row:
+            raise ValueError(f"{path}: entry {i} ({row!r}) has no 'path' and '{label_key}'; {layout}")
     return rows
+
+
+def list_entry(root: str, row: dict) -> VideoFile:
+    """The VideoFile of a list row: its path (relative to `root`, or absolute) and optional start / end."""
+    path = row["path"] if os.path.isabs(row["path"]) else os.path.join(root, row["path"])
+    return VideoFile(path, _float_or_none(row.get("start")), _float_or_none(row.get("end")))
 
 
 def _float_or_none(value):
@@ -177,9 +221,7 @@ def list_split(root: str | None, split: str, dataset: str) -> list[tuple[VideoFi
     for ext in (".csv", ".json"):
         listing = os.path.join(root, split + ext)
         if os.path.isfile(listing):
-            return [(VideoFile(row["path"] if os.path.isabs(row["path"]) else os.path.join(root, row["path"]),
-                               _float_or_none(row.get("start")), _float_or_none(row.get("end"))),
-                     str(row["label"])) for row in _read_list(listing)]
+            return [(list_entry(root, row), str(row["label"])) for row in read_list(listing, "label", LAYOUT)]
     split_dir = os.path.join(root, split)
     if not os.path.isdir(split_dir):
         raise DatasetNotFoundError(f"dataset {dataset!r}: neither {split_dir!r} nor {split_dir}.csv / .json "
@@ -216,17 +258,22 @@ class VideoFileSource(DatasetSource):
         return VideoSplit(clips, labels, self.skip_corrupt, name=self.name)
 
 
-def build_file_source(config: ml_collections.ConfigDict, name: str, root: str | None) -> VideoFileSource:
-    """The video source of `root` for `config.dataset` (which must ask for clips: num_frames > 0)."""
+def require_clips(config: ml_collections.ConfigDict, name: str) -> None:
+    """Raises ValueError unless `config.dataset` asks for clips (num_frames > 0)."""
     if config.num_frames <= 0:
         raise ValueError(f"config.dataset.num_frames={config.num_frames}: dataset {name!r} holds videos; set the "
                          f"frames per clip (e.g. 32)")
+
+
+def build_file_source(config: ml_collections.ConfigDict, name: str, root: str | None) -> VideoFileSource:
+    """The video source of `root` for `config.dataset` (which must ask for clips: num_frames > 0)."""
+    require_clips(config, name)
     names = [label for _, label in list_split(root, config.train_split, name)]
     return VideoFileSource(name=name, num_classes=len(set(names)), multi_label=False, natural_images=True,
-                           root=root, classes=tuple(_class_ids(names)), skip_corrupt=config.skip_corrupt_images)
+                           root=root, classes=tuple(class_id_map(names)), skip_corrupt=config.skip_corrupt_images)
 
 
-for _name in ("video_folder", "kinetics400", "kinetics600"):
+for _name in ("video_folder", "kinetics400", "kinetics600", "avid"):
     registry.register(_name)(lambda config, _name=_name: build_file_source(config, _name, config.data_dir))
 
 

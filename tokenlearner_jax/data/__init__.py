@@ -16,11 +16,13 @@ Public API:
 
 # Importing the dataset modules registers them.
 from tokenlearner_jax.data import canvas_digits  # noqa: F401
+from tokenlearner_jax.data import charades  # noqa: F401
 from tokenlearner_jax.data import digits  # noqa: F401
 from tokenlearner_jax.data import image_folder  # noqa: F401
 from tokenlearner_jax.data import synthetic  # noqa: F401
 from tokenlearner_jax.data import video  # noqa: F401
 from tokenlearner_jax.data import video_digits  # noqa: F401
+from tokenlearner_jax.data import video_multilabel  # noqa: F401
 from tokenlearner_jax.data.config import default_dataset_config, example_shape, validate
 from tokenlearner_jax.data.pipeline import DatasetInfo
 from tokenlearner_jax.data.pipeline import eval_batches

@@ -42,6 +42,8 @@ def default_dataset_config() -> ml_collections.ConfigDict:
         evenly spaced in time x crops along the longer side; with more than one
         the trainer averages the logits over the views.
       num_workers: Preprocessing threads (0: in the calling thread).
+      moving_digits_directions: 'moving_digits_multilabel' also labels each
+        digit's direction of motion (4 more classes).
       synthetic_train_size, synthetic_eval_size: Split sizes of 'synthetic'.
     """
     return ml_collections.ConfigDict(
@@ -66,6 +68,7 @@ def default_dataset_config() -> ml_collections.ConfigDict:
             frame_stride=1,
             eval_temporal_views=1,
             eval_spatial_views=1,
+            moving_digits_directions=False,
             synthetic_train_size=1024,
             synthetic_eval_size=256,
         )

@@ -179,6 +179,6 @@ def build_multilabel(config: ml_collections.ConfigDict) -> video_multilabel.Mult
     """Field `config.dataset.moving_digits_directions` (default False) adds the directions as classes."""
     root = os.path.join(config.data_dir, MULTILABEL_NAME) if config.data_dir else default_root(MULTILABEL_NAME)
     generate_multilabel(root)
-    labeling = "digits_and_directions" if config.get("moving_digits_directions", False) else "digits"
+    labeling = "digits_and_directions" if config.moving_digits_directions else "digits"
     return video_multilabel.build_multilabel_source(config, "moving_digits_multilabel",
                                                     os.path.join(root, labeling))

@@ -8,4 +8,5 @@ from tokenlearner_jax.models import sagan_discriminator  # noqa: F401  (register
 from tokenlearner_jax.models import sagan_generator  # noqa: F401  (registers 'sagan_generator')
 from tokenlearner_jax.models import vit  # noqa: F401  (registers 'vit')
 from tokenlearner_jax.models import vivit  # noqa: F401  (registers 'vivit')
+from tokenlearner_jax.models import x2plus1d  # noqa: F401  (registers 'x2plus1d')
 from tokenlearner_jax.models.registry import build, config, names, register, validate

@@ -363,7 +363,7 @@ def _or_variant(value, default):
     return default if value in (None, -1, -1.0, ()) else value
 
 
-@register("x2plus1d")
+@register("x2plus1d", default_config)
 def build(config) -> X2Plus1D:
     """Builds X2Plus1D from `config.model` (fields: default_config()); ValueError naming the field."""
     if config.variant not in VARIANTS:

@@ -1,6 +1,5 @@
-"""PoolFormer configs through main.py and the trainer: the digits config trains (mixup and TokenLearner
-switched on from the command line), the ImageNet recipes resolve to the official values and run a
-step on synthetic data."""
+"""PoolFormer configs through the trainer: the digits config trains (mixup and TokenLearner switched on by
+overrides), the ImageNet recipes resolve to the official values and run a step on synthetic data."""
 
 import importlib.util
 import os
@@ -31,8 +30,8 @@ def test_imagenet_recipes(variant):
     config = load_config(f"poolformer_{variant}")
     validate(config)
     assert config.model.name == "poolformer" and config.model.variant == variant.upper()
-    assert config.model.drop_path_rate == drop_path
-    assert models.build(config.model).layer_scale_init == layer_scale
+    model = models.build(config.model)  # the variant's drop path and layer scale, worked out when built
+    assert (model.drop_path_rate, model.layer_scale_init) == (drop_path, layer_scale)
     assert config.dataset.eval_crop_fraction == crop
     assert (config.batch_size, config.num_epochs, config.label_smoothing) == (1024, 300.0, 0.1)
     assert config.optimizer.name == "adamw" and config.optimizer.weight_decay == 0.05

@@ -86,10 +86,13 @@ def assert_same_variables(actual: dict, expected: dict):
 def test_timms_fixture_files_come_back_unchanged(family):
     """timm's own state dicts (from timm itself) -> ours -> timm: every name, dtype and value identical,
     num_batches_tracked included (0 in the MaxViT fixture, as export writes it)."""
-    module, make_config, _, file = FAMILIES[family]
+    module, make_config, image_size, file = FAMILIES[family]
     tensors = safetensors.numpy.load_file(os.path.join(FIXTURES, file))
     config = make_config()
-    assert_same_tensors(module.to_safetensors(module.from_safetensors(tensors, config), config), tensors)
+    variables = module.from_safetensors(tensors, config)
+    assert_same_tensors(module.to_safetensors(variables, config), tensors)
+    exported, _ = export.export_variables(variables, full_config(config, image_size), "timm")  # what is written
+    assert_same_tensors(exported, tensors)
 
 
 def test_the_vit_jax_fixture_comes_back_unchanged():

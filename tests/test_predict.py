@@ -188,6 +188,11 @@ def test_nest_class_activation_map_is_drawn_and_averages_to_the_logit(tmp_path):
     predict.run(workdir, [str(image)], attention_dir=str(tmp_path / "maps"))
     assert os.listdir(tmp_path / "maps") == ["image_class_attention.png"]
 
+    # A run whose image folder is not on this machine: class ids for names, the natural-image crop.
+    config.dataset.update(name="image_folder", data_dir=str(tmp_path / "gone"), num_classes=-1)
+    elsewhere = predict.Predictor(workdir, config)
+    assert elsewhere.class_names == ("0", "1", "2", "3", "4") and elsewhere._preprocessor.natural_images
+
 
 @pytest.fixture(scope="module")
 def moving_digits_run(tmp_path_factory):

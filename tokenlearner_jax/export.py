@@ -113,7 +113,7 @@ def export_variables(variables: dict, config, fmt: str, *, step: int = 0, path: 
         raise ValueError(f"--format={fmt}: model {config.model.name!r} cannot be written in that layout; "
                          f"available: {', '.join(formats)}")
     numpy_variables = {c: _to_numpy(tree) for c, tree in variables.items()}
-    tensors = {name: np.ascontiguousarray(np.asarray(value))
+    tensors = {name: np.asarray(value, order="C")  # (np.ascontiguousarray would make 0-d arrays 1-d)
                for name, value in function(numpy_variables, config.model).items()}
     _check_round_trip(numpy_variables, tensors, fmt, config.model)
     metadata = {"format": "pt", "producer": "tokenlearner_jax.export", "step": str(step), "config": config_json}

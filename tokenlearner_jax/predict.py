@@ -114,8 +114,7 @@ class Predictor:
         multi_label = self.config.get("loss", "softmax_xent") == "sigmoid_xent"
         try:
             source = registry.get_source(self.config.dataset)
-        except (data.DatasetNotFoundError, FileNotFoundError) as e:
-            logging.warning("predict: class names unavailable, printing class ids (%s)", e)
+        except (data.DatasetNotFoundError, FileNotFoundError):
             print(f"predict: dataset {self.config.dataset.name!r} is not available here; printing class ids "
                   f"instead of names", file=sys.stderr)
             return tuple(str(i) for i in range(num_classes)), True, multi_label

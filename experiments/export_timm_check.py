@@ -204,7 +204,8 @@ def main():
         "",
         "Command: `python experiments/export_timm_check.py` (our side: jax "
         f"{jax.__version__}, CPU; timm side: `/work/timm-venv/bin/python`, timm {timm_results['timm']}, torch "
-        f"{timm_results['torch']}, CPU), {platform.machine()}, {time.time() - start:.0f} s in all.",
+        f"{timm_results['torch']}, CPU), {platform.machine()}, {os.cpu_count()} cores, {time.time() - start:.0f} s in "
+        f"all (load average {os.getloadavg()[0]:.1f} at the end: a shared machine).",
         "",
         "Each model's parameters are random (the initialisation plus noise, BatchNorm statistics too) or a committed "
         "timm fixture imported with weights/<model>.py; `tokenlearner_jax.export` writes the file, timm builds the "

@@ -41,20 +41,15 @@ _NORMALIZATION = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
                   "unit": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))}
 
 
-def _flatten(variables: dict) -> dict:
-    from tokenlearner_jax.weights import ours
-
-    return ours.to_tensors(variables)
-
-
 def _check_round_trip(variables: dict, tensors: dict, fmt: str, model_config) -> None:
     """Imports `tensors` back through the import map; every variable of `variables` must come back
     identical. ValueError naming those the format has no place for (nothing to export them to)."""
     from tokenlearner_jax import weights
+    from tokenlearner_jax.weights import ours
 
     source_format = "npz" if fmt == "vit_jax" else "safetensors"
-    back = _flatten(weights.converter(model_config.name, source_format)(tensors, model_config))
-    original = _flatten(variables)
+    back = ours.to_tensors(weights.converter(model_config.name, source_format)(tensors, model_config))
+    original = ours.to_tensors(variables)
     missing = sorted(set(original) - set(back))
     if missing:
         raise ValueError(f"--format={fmt} has no place for {len(missing)} variables of this "
@@ -112,7 +107,7 @@ def export_variables(variables: dict, config, fmt: str, *, step: int = 0, path: 
             ["vit_jax"] if hasattr(module, "to_npz") else [])
         raise ValueError(f"--format={fmt}: model {config.model.name!r} cannot be written in that layout; "
                          f"available: {', '.join(formats)}")
-    numpy_variables = {c: _to_numpy(tree) for c, tree in variables.items()}
+    numpy_variables = ours.from_tensors(ours.to_tensors(variables))
     tensors = {name: np.asarray(value, order="C")  # (np.ascontiguousarray would make 0-d arrays 1-d)
                for name, value in function(numpy_variables, config.model).items()}
     _check_round_trip(numpy_variables, tensors, fmt, config.model)
@@ -120,12 +115,6 @@ def export_variables(variables: dict, config, fmt: str, *, step: int = 0, path: 
     if fmt == "timm":
         metadata["timm_code"] = timm_code(config.model, config.dataset, path)
     return tensors, metadata
-
-
-def _to_numpy(tree):
-    if isinstance(tree, dict):
-        return {k: _to_numpy(v) for k, v in tree.items()}
-    return np.asarray(tree)
 
 
 def write(path: str, tensors: dict, metadata: dict, fmt: str) -> None:

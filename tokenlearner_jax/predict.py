@@ -198,7 +198,7 @@ class Predictor:
         """[[{'class', 'name', 'probability'} x k] per row of `logits`], the most probable first."""
         scores = self.scores(logits)
         order = np.argsort(-scores, axis=-1, kind="stable")[:, :k]
-        return [[dict(**{"class": int(c)}, name=self.class_names[c], probability=float(row[c])) for c in classes]
+        return [[{"class": int(c), "name": self.class_names[c], "probability": float(row[c])} for c in classes]
                 for row, classes in zip(scores, order)]
 
 

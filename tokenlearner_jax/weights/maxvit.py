@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tokenlearner_jax.layers.relative_position import resize_table
+from tokenlearner_jax import models
 from tokenlearner_jax.models import maxvit
 from tokenlearner_jax.weights import TensorTaker
 
@@ -129,7 +130,7 @@ _TIMM_RESOLUTIONS = (224, 384, 512)
 def to_safetensors(variables: dict, model_config) -> dict:
     """{'params': ..., 'batch_stats': ...} of `models/maxvit.py` -> timm MaxxVit (`maxvit_*_tf_*`) state dict
     {name: array}, the inverse of `from_safetensors` (relative bias tables at the model's window size)."""
-    if model_config.token_learner.enabled:
+    if models.build(model_config).token_learner is not None:
         raise ValueError("config.model.token_learner.enabled=True: timm's MaxViT has no TokenLearner; export with "
                          "--format=ours")
     _, depths, _ = maxvit.resolve_architecture(model_config)

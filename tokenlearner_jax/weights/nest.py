@@ -18,6 +18,7 @@ start fresh where `config.init_from.fresh_if_missing` allows it.
 
 import jax.numpy as jnp
 
+from tokenlearner_jax import models
 from tokenlearner_jax.models import nest
 from tokenlearner_jax.weights import TensorTaker
 
@@ -87,7 +88,7 @@ def _check_timm_compatible(model_config) -> dict:
     if arch["num_kv_heads"]:
         raise ValueError(f"config.model.num_kv_heads={arch['num_kv_heads']} (variant {model_config.variant!r}): "
                          f"timm's NesT has no multi-query attention; export with --format=ours")
-    if model_config.token_learner.enabled:
+    if models.build(model_config).token_learner is not None:
         raise ValueError("config.model.token_learner.enabled=True: timm's NesT has no TokenLearner; export with "
                          "--format=ours")
     return arch

@@ -15,6 +15,7 @@ the weights of other token mixers) are not produced here: `weights/init_from.py`
 where `config.init_from.fresh_if_missing` allows it, e.g. `('token_learner',)`.
 """
 
+from tokenlearner_jax import models
 from tokenlearner_jax.models import poolformer
 from tokenlearner_jax.weights import TensorTaker
 
@@ -92,7 +93,7 @@ def _check_timm_compatible(model_config):
     if model_config.pool_size != 3:
         raise ValueError(f"config.model.pool_size={model_config.pool_size}: timm's PoolFormer pools 3x3; export "
                          f"with --format=ours")
-    if model_config.token_learner.enabled:
+    if models.build(model_config).token_learner is not None:
         raise ValueError("config.model.token_learner.enabled=True: timm's PoolFormer has no TokenLearner; export "
                          "with --format=ours")
 

@@ -12,8 +12,9 @@ class + load_state_dict) and computes timm's logits on the same inputs in eval m
 command go to experiments/results/export_timm_check.md; a difference above 1e-4 fails the script.
 
 Random values: the model's own initialisation plus N(0, 0.02^2) on every kernel, position embedding and
-table, N(0, 0.1^2) on every scale and bias (so zero-initialised heads and biases matter), BatchNorm running
-means N(0, 0.2^2) and variances U(0.5, 1.5). Inputs N(0, 1), 2 per model, in the normalised space.
+table and N(0, 0.1^2) on every scale, or N(0, 0.2^2) on what starts at zero (heads, biases, class tokens),
+so that every parameter matters; BatchNorm running means N(0, 0.2^2) and variances U(0.5, 1.5). Inputs
+N(0, 1), 2 per model, in the normalised space.
 """
 
 import argparse
@@ -98,7 +99,8 @@ def random_variables(config, seed):
             return (0.2 * rng.standard_normal(leaf.shape)).astype(np.float32)
         if name == "var":
             return rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
-        return (leaf + (0.02 if leaf.ndim >= 2 else 0.1) * rng.standard_normal(leaf.shape)).astype(np.float32)
+        scale = 0.2 if not leaf.any() else 0.02 if leaf.ndim >= 2 else 0.1  # zero-initialised heads, biases: 0.2
+        return (leaf + scale * rng.standard_normal(leaf.shape)).astype(np.float32)
 
     return {c: jax.tree_util.tree_map_with_path(perturb, t) for c, t in variables.items()}
 

@@ -165,8 +165,8 @@ def export(workdir: str, fmt: str, output: str, config=None) -> dict:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    if not FLAGS["verbosity"].present:  # library INFO lines (orbax, XLA) only on request: --verbosity=0
-        logging.set_verbosity(logging.WARNING)
+    if not FLAGS["verbosity"].present:  # library chatter (orbax, XLA) only on request: --verbosity=0
+        logging.set_verbosity(logging.ERROR)
     try:
         result = export(FLAGS.workdir, FLAGS.format, FLAGS.output, FLAGS.config)
     except (ValueError, FileNotFoundError) as e:

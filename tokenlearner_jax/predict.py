@@ -278,8 +278,8 @@ def format_jsonl(results) -> str:
 
 
 def main(argv):
-    if not FLAGS["verbosity"].present:  # library INFO lines (orbax, XLA) only on request: --verbosity=0
-        logging.set_verbosity(logging.WARNING)
+    if not FLAGS["verbosity"].present:  # library chatter (orbax, XLA) only on request: --verbosity=0
+        logging.set_verbosity(logging.ERROR)
     if FLAGS.batch_size < 1 or FLAGS.top_k < 1:
         sys.exit(f"predict: --batch_size={FLAGS.batch_size} and --top_k={FLAGS.top_k} must be >= 1")
     try:

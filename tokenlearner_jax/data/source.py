@@ -95,3 +95,9 @@ class DatasetSource(abc.ABC):
     @abc.abstractmethod
     def split(self, split: str) -> Sequence[Example]:
         """Returns split `split` as a random-access sequence of `Example`s."""
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The name of every class id: the folder names of a source with `classes` (image and video
+        folders, the moving digits' '<digit>_<direction>'), otherwise the id itself (the digits)."""
+        return tuple(getattr(self, "classes", None) or (str(i) for i in range(self.num_classes)))

@@ -47,6 +47,12 @@ class TfdsSource(DatasetSource):
 
     builder: Any  # tfds.core.DatasetBuilder
 
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The names of the dataset's ClassLabel, from its metadata."""
+        label = self.builder.info.features["label"]
+        return tuple(getattr(label, "feature", label).names)
+
     def split(self, split: str) -> _TfdsSplit:
         # Imported lazily: only TFDS datasets pay for importing TFDS.
         import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top

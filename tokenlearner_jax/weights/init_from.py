@@ -39,7 +39,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from tokenlearner_jax.layers import relative_position
-from tokenlearner_jax.weights import inflate
+from tokenlearner_jax.weights import inflate, ours
 from tokenlearner_jax import weights
 
 POSEMB_PATTERN = r"(^|/)pos_embedding$"
@@ -141,8 +141,10 @@ def load_source(path: str, model_config) -> dict:
     if suffix == ".safetensors":
         import safetensors.numpy  # pylint: disable=g-import-not-at-top
 
-        return weights.converter(model_config.name, "safetensors")(
-            safetensors.numpy.load(location.read_bytes()), model_config)
+        raw = location.read_bytes()
+        if ours.is_ours(raw):  # our own layout (weights/ours.py), written by tokenlearner_jax.export
+            return ours.load(raw)
+        return weights.converter(model_config.name, "safetensors")(safetensors.numpy.load(raw), model_config)
     raise ValueError(f"config.init_from.path={path!r}: expected a checkpoint directory, a .npz or a "
                      f".safetensors file")
 

@@ -1,4 +1,5 @@
-"""ViT weights from timm (safetensors) and from vit_jax / big_vision (.npz) into `models/vit.py`'s tree.
+"""ViT weights from timm (safetensors) and from vit_jax / big_vision (.npz) into `models/vit.py`'s tree,
+and back: `to_safetensors` (timm) and `to_npz` (vit_jax) are the exact inverses of the import maps.
 
 Our layout is vit_jax's: query/key/value kernels `[width, heads, head_dim]`, out kernel
 `[heads, head_dim, width]`, patch-embedding kernel `[ph, pw, channels, width]`, Dense kernels `[in, out]`.
@@ -14,10 +15,14 @@ LayerNorm_2, MlpBlock_3}` and keep the position embedding (class-token row first
 `MultiHeadDotProductAttention_0`, `LayerNorm_1`, `MlpBlock_0`, keep `pos_embedding` at the top
 without a class-token row, and may stack all blocks along a leading axis (`Transformer/encoderblock/`,
 a scanned encoder). All are accepted. Names outside the parameter prefix (optimizer state) are ignored.
+Export writes vit_jax's names (no prefix, one entry per block), the layout timm's npz loader also reads.
 """
 
 import logging
 import re
+
+import jax.numpy as jnp
+from flax import traverse_util
 
 from tokenlearner_jax import models
 from tokenlearner_jax.weights import TensorTaker
@@ -161,3 +166,95 @@ def from_npz(arrays: dict, model_config) -> dict:
             params[name] = _dense(take(f"{name}/kernel"), take(f"{name}/bias"))
     take.check_all_used()
     return {"params": params}
+
+
+# ---------------------------------------------------------------------------------------------- export
+
+# timm's registered ViTs vit_<size>_patch<patch>_224: size -> ((width, depth, heads, mlp_dim), patches). Any
+# other ViT is built from vit_base_patch16_224 with keyword arguments giving its whole architecture.
+_TIMM_VITS = {"tiny": ((192, 12, 3, 768), (16,)), "small": ((384, 12, 6, 1536), (8, 16, 32)),
+              "base": ((768, 12, 12, 3072), (8, 16, 32)), "large": ((1024, 24, 16, 4096), (14, 16, 32)),
+              "huge": ((1280, 32, 16, 5120), (14,))}
+
+
+def _exportable(model_config, layout: str):
+    """The built ViT, or ValueError naming the field that `layout` cannot hold."""
+    model = models.build(model_config)
+    if model.token_learner is not None:
+        raise ValueError(f"config.model.token_learner.enabled=True: the {layout} ViT layout has no TokenLearner; "
+                         f"export with --format=ours")
+    return model
+
+
+def to_safetensors(variables: dict, model_config) -> dict:
+    """{'params': ...} of `models/vit.py` -> timm `VisionTransformer` state dict {name: array}, the inverse
+    of `from_safetensors`. Raises ValueError for what timm's ViT lacks (TokenLearner, a pre-logits layer)."""
+    model = _exportable(model_config, "timm")
+    if model.representation_size:
+        raise ValueError(f"config.model.representation_size={model.representation_size}: timm's VisionTransformer "
+                         f"has no pre-logits layer; export with --format=vit_jax or --format=ours")
+    params, width = variables["params"], model.width
+    out = {}
+
+    def linear(prefix, p):  # [in, out] -> torch [out, in]
+        out.update({f"{prefix}.weight": p["kernel"].T, f"{prefix}.bias": p["bias"]})
+
+    def norm(prefix, p):
+        out.update({f"{prefix}.weight": p["scale"], f"{prefix}.bias": p["bias"]})
+
+    if "cls" in params:
+        out["cls_token"] = params["cls"]
+    out["pos_embed"] = params["posembed_input"]["pos_embedding"]
+    out["patch_embed.proj.weight"] = params["stem"]["embedding"]["kernel"].transpose(3, 2, 0, 1)
+    out["patch_embed.proj.bias"] = params["stem"]["embedding"]["bias"]
+    for i in range(model.depth):
+        block, prefix = params[f"encoderblock_{i}"], f"blocks.{i}"
+        attention = block["MultiHeadDotProductAttention_1"]
+        norm(f"{prefix}.norm1", block["LayerNorm_0"])
+        qkv = [attention[name] for name in ("query", "key", "value")]
+        out[f"{prefix}.attn.qkv.weight"] = jnp.concatenate([p["kernel"].reshape(width, width).T for p in qkv])
+        out[f"{prefix}.attn.qkv.bias"] = jnp.concatenate([p["bias"].reshape(width) for p in qkv])
+        out[f"{prefix}.attn.proj.weight"] = attention["out"]["kernel"].reshape(width, width).T
+        out[f"{prefix}.attn.proj.bias"] = attention["out"]["bias"]
+        norm(f"{prefix}.norm2", block["LayerNorm_2"])
+        linear(f"{prefix}.mlp.fc1", block["MlpBlock_3"]["Dense_0"])
+        linear(f"{prefix}.mlp.fc2", block["MlpBlock_3"]["Dense_1"])
+    norm("norm", params["encoder_norm"])
+    if "head" in params:
+        linear("head", params["head"])
+    return out
+
+
+def to_npz(variables: dict, model_config) -> dict:
+    """{'params': ...} of `models/vit.py` -> vit_jax checkpoint arrays {name: array} (the layout of the
+    published .npz files: no prefix, one entry per block, the position embedding under the Transformer),
+    the inverse of `from_npz`. Raises ValueError for a model with TokenLearner."""
+    _exportable(model_config, "vit_jax")
+    out = {}
+    for name, value in traverse_util.flatten_dict(variables["params"], sep="/").items():
+        top = name.split("/", 1)[0]
+        if top == "stem":
+            name = name[len("stem/"):]
+        elif top.startswith("encoderblock_") or top in ("encoder_norm", "posembed_input"):
+            name = "Transformer/" + name
+        out[name] = value
+    return out
+
+
+def timm_model(model_config, image_size: int) -> tuple:
+    """(timm model name, keyword arguments) for `timm.create_model`, building timm's counterpart of the
+    model of `model_config` at `image_size`: the arguments give the whole architecture (timm's ViT
+    entry points let keyword arguments override theirs)."""
+    model = models.build(model_config)
+    patch = model.patch_size[0]
+    mlp_ratio = model.mlp_dim / model.width
+    if int(model.width * mlp_ratio) != model.mlp_dim:
+        raise ValueError(f"config.model.mlp_dim={model.mlp_dim}: timm's ViT sizes its MLP as int(width * ratio), "
+                         f"which cannot give {model.mlp_dim} for width {model.width}")
+    architecture = (model.width, model.depth, model.num_heads, model.mlp_dim)
+    name = next((f"vit_{size}_patch{patch}_224" for size, (arch, patches) in _TIMM_VITS.items()
+                 if arch == architecture and patch in patches), "vit_base_patch16_224")
+    token = model.classifier == "token"
+    return name, dict(img_size=image_size, patch_size=patch, embed_dim=model.width, depth=model.depth,
+                      num_heads=model.num_heads, mlp_ratio=mlp_ratio, class_token=token,
+                      global_pool="token" if token else "avg", fc_norm=False, num_classes=model.num_classes)

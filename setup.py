@@ -40,6 +40,8 @@ setuptools.setup(
         "tokenlearner-train = tokenlearner_jax.main:run",
         "tokenlearner-convert = tokenlearner_jax.convert:run",
         "tokenlearner-visualize = tokenlearner_jax.visualize:run",
+        "tokenlearner-predict = tokenlearner_jax.predict:run_command",
+        "tokenlearner-export = tokenlearner_jax.export:run_command",
         "tokenlearner-sweep = tokenlearner_jax.sweep:main",
         "tokenlearner-launch = tokenlearner_jax.launch:main",
     ]},

@@ -39,28 +39,28 @@ TOLERANCE = 1e-4
 def cases():
     """(name, full config, source) with source 'random' or the name of a timm fixture under tests/fixtures/
     (<source>.safetensors, or <source>_token.safetensors for ViT, with inputs in <source>_io.npz)."""
-    from tokenlearner_jax import config_lib
+    from tokenlearner_jax import models, recipes
 
     def config(model, image_size):
-        c = config_lib.base_config()
+        c = recipes.base()
         c.dataset.image_size = image_size
         c.model = model
         return c
 
     def vit(classifier, **overrides):
-        model = config_lib.vit_model("S/4", num_classes=5, classifier=classifier)
+        model = models.config("vit", variant="S/4", num_classes=5, classifier=classifier)
         model.update(width=32, depth=2, num_heads=2, mlp_dim=64, **overrides)
         return model
 
-    poolformer = config_lib.poolformer_model("S12", num_classes=5)
+    poolformer = models.config("poolformer", variant="S12", num_classes=5)
     poolformer.update(depths=(1, 2, 1, 1), dims=(8, 16, 24, 32), head_norm="pooled_layer_norm")
-    nest_same = config_lib.nest_model("T", num_classes=5)
+    nest_same = models.config("nest", variant="T", num_classes=5)
     nest_same.update(dims=(8, 16, 24), num_heads=(2, 2, 4), depths=(1, 1, 2), patch_size=2)
     nest_symmetric = copy.deepcopy(nest_same)
     nest_symmetric.pool_padding = "symmetric"
-    maxvit = config_lib.maxvit_model("T", num_classes=5)
+    maxvit = models.config("maxvit", variant="T", num_classes=5)
     maxvit.update(stem_widths=(8, 8), depths=(1, 2, 1, 1), dims=(8, 16, 24, 32), head_dim=8)
-    full_poolformer = config_lib.poolformer_model("S12")
+    full_poolformer = models.config("poolformer", variant="S12")
     full_poolformer.head_norm = "pooled_layer_norm"
     yield "ViT tiny, class token", config(vit("token"), 16), "random"
     yield "ViT tiny, GAP", config(vit("gap"), 32), "random"
@@ -68,10 +68,10 @@ def cases():
     yield "NesT tiny, 'same' pooling", config(nest_same, 32), "random"
     yield "NesT tiny, 'symmetric' pooling", config(nest_symmetric, 32), "random"
     yield "MaxViT tiny", config(maxvit, 64), "random"
-    yield "ViT-B/16", config(config_lib.vit_model("B/16", classifier="token"), 224), "random"
+    yield "ViT-B/16", config(models.config("vit", variant="B/16", classifier="token"), 224), "random"
     yield "PoolFormer-S12", config(full_poolformer, 224), "random"
-    yield "NesT-T", config(config_lib.nest_model("T"), 224), "random"
-    yield "MaxViT-T", config(config_lib.maxvit_model("T"), 224), "random"
+    yield "NesT-T", config(models.config("nest", variant="T"), 224), "random"
+    yield "MaxViT-T", config(models.config("maxvit", variant="T"), 224), "random"
     # The fixtures run on their own inputs (*_io.npz; MaxViT's 96x192 with window and grid 3, as made).
     maxvit_fixture = copy.deepcopy(maxvit)
     maxvit_fixture.update(window_size=3, grid_size=3)

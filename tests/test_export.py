@@ -16,33 +16,33 @@ import pytest
 import safetensors
 import safetensors.numpy
 
-from conftest import ROOT, run_python
-from tokenlearner_jax import config_lib, convert, export, models
+from helpers import ROOT, run_python
+from tokenlearner_jax import convert, recipes, export, models
 from tokenlearner_jax.weights import init_from, maxvit, nest, ours, poolformer, vit
 
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 
 
 def tiny_vit(classifier="token", **overrides):
-    config = config_lib.vit_model("S/4", num_classes=5, classifier=classifier)
+    config = models.config("vit", variant="S/4", num_classes=5, classifier=classifier)
     config.update(width=32, depth=2, num_heads=2, mlp_dim=64, **overrides)
     return config
 
 
 def tiny_poolformer():
-    config = config_lib.poolformer_model("S12", num_classes=5)
+    config = models.config("poolformer", variant="S12", num_classes=5)
     config.update(depths=(1, 2, 1, 1), dims=(8, 16, 24, 32), head_norm="pooled_layer_norm")
     return config
 
 
 def tiny_nest(pool_padding="same"):
-    config = config_lib.nest_model("T", num_classes=5)
+    config = models.config("nest", variant="T", num_classes=5)
     config.update(dims=(8, 16, 24), num_heads=(2, 2, 4), depths=(1, 1, 2), patch_size=2, pool_padding=pool_padding)
     return config
 
 
 def tiny_maxvit():
-    config = config_lib.maxvit_model("T", num_classes=5)
+    config = models.config("maxvit", variant="T", num_classes=5)
     config.update(stem_widths=(8, 8), depths=(1, 2, 1, 1), dims=(8, 16, 24, 32), head_dim=8)
     return config
 
@@ -137,23 +137,23 @@ def _abstract_variables(model_config, image_size):
 def _full_size_cases():
     with open(os.path.join(FIXTURES, "vit_b16_keys.json"), encoding="utf-8") as f:
         vit_keys = json.load(f)
-    yield "vit_b16 (timm)", config_lib.vit_model("B/16", num_classes=1000, classifier="token"), 224, "to_safetensors", \
+    yield "vit_b16 (timm)", models.config("vit", variant="B/16", num_classes=1000, classifier="token"), 224, "to_safetensors", \
         vit_keys["safetensors"]
-    yield "vit_b16 (vit_jax)", config_lib.vit_model("B/16", num_classes=1000, classifier="token"), 224, "to_npz", \
+    yield "vit_b16 (vit_jax)", models.config("vit", variant="B/16", num_classes=1000, classifier="token"), 224, "to_npz", \
         vit_keys["npz"]
     with open(os.path.join(FIXTURES, "poolformer_s12_keys.json"), encoding="utf-8") as f:
         keys = json.load(f)["tensors"]
-    config = config_lib.poolformer_model("S12")
+    config = models.config("poolformer", variant="S12")
     config.head_norm = "pooled_layer_norm"
     yield "poolformer_s12", config, 224, "to_safetensors", keys
     with open(os.path.join(FIXTURES, "nest_keys.json"), encoding="utf-8") as f:
         nest_keys = json.load(f)["models"]
     for variant, name in (("T", "nest_tiny_jx"), ("B", "nest_base_jx")):
-        yield name, config_lib.nest_model(variant), 224, "to_safetensors", nest_keys[name]
+        yield name, models.config("nest", variant=variant), 224, "to_safetensors", nest_keys[name]
     for size in (224, 384):
         with open(os.path.join(FIXTURES, f"maxvit_tiny_tf_{size}_keys.json"), encoding="utf-8") as f:
             keys = json.load(f)["tensors"]
-        yield f"maxvit_tiny_tf_{size}", config_lib.maxvit_model("T"), size, "to_safetensors", keys
+        yield f"maxvit_tiny_tf_{size}", models.config("maxvit", variant="T"), size, "to_safetensors", keys
 
 
 @pytest.mark.parametrize("case", list(_full_size_cases()), ids=lambda case: case[0])
@@ -167,14 +167,14 @@ def test_full_size_exports_have_timms_names_and_shapes(case):
 
 
 def full_config(model_config, image_size):
-    config = config_lib.base_config()
+    config = recipes.base()
     config.dataset.image_size = image_size
     config.model = model_config
     return config
 
 
 def dataset_config(image_size):
-    config = config_lib.base_config().dataset
+    config = recipes.base().dataset
     config.image_size = image_size
     return config
 
@@ -201,10 +201,10 @@ def test_export_variables_checks_the_round_trip_and_refuses_what_a_format_cannot
         export.export_variables(random_variables(poolformer_config.model, 32), poolformer_config, "timm")
     with pytest.raises(ValueError, match="--format=vit_jax: model 'poolformer' cannot be written.*ours, timm"):
         export.export_variables({}, poolformer_config, "vit_jax")
-    cifar = full_config(config_lib.nest_model("cifar_T", num_classes=5), 32)
+    cifar = full_config(models.config("nest", variant="cifar_T", num_classes=5), 32)
     with pytest.raises(ValueError, match="config.model.num_kv_heads=1"):
         export.export_variables({}, cifar, "timm")
-    vivit = full_config(config_lib.vivit_model("S/4"), 16)
+    vivit = full_config(models.config("vivit", variant="S/4"), 16)
     with pytest.raises(ValueError, match="--format=timm: model 'vivit' cannot be written in that layout; available: ours"):
         export.export_variables({}, vivit, "timm")
 
@@ -222,7 +222,7 @@ def test_timm_loading_code_per_family():
     assert "model_name='maxvit_tiny_tf_224'" in code and "transformer_dim_head=8" in code and "img_size=64" in code
     assert "stem_width=(8, 8), depths=(1, 2, 1, 1), embed_dim=(8, 16, 24, 32), head_hidden_size=32" in code
     assert "mean=(0.5, 0.5, 0.5)" in code  # config.dataset.normalize='minus_one_one'
-    code = export.timm_code(config_lib.nest_model("T"), dataset_config(224), "/n.safetensors")
+    code = export.timm_code(models.config("nest", variant="T"), dataset_config(224), "/n.safetensors")
     assert "model_name='nest_tiny_jx'" in code and "embed_dims" not in code
     code = export.timm_code(tiny_nest("symmetric"), dataset_config(32), "/n.safetensors")
     assert code.splitlines()[1].startswith("model = timm.models.nest.Nest(embed_dims=(8, 16, 24), num_heads=(2, 2, 4)")
@@ -230,7 +230,7 @@ def test_timm_loading_code_per_family():
     code = export.timm_code(tiny_poolformer(), dataset_config(32), "/p.safetensors")
     assert "timm.models.metaformer.MetaFormer(depths=(1, 2, 1, 1)" in code
     assert "mlp_act=torch.nn.GELU" in code and "norm_layers=timm.layers.GroupNorm1" in code
-    poolformer_s12 = config_lib.poolformer_model("S12", num_classes=10)
+    poolformer_s12 = models.config("poolformer", variant="S12", num_classes=10)
     poolformer_s12.head_norm = "pooled_layer_norm"
     assert "model_name='poolformer_s12'" in export.timm_code(poolformer_s12, dataset_config(224), "/p")
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, run_python
-from tokenlearner_jax import config_lib, convert, data, models, predict
-from tokenlearner_jax.data import digits, registry, video, video_digits
+from helpers import ROOT, run_python
+from tokenlearner_jax import convert, recipes, data, models, predict
+from tokenlearner_jax.data import digits, registry, video_digits
 from tokenlearner_jax.weights import init_from
 
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
@@ -170,9 +170,9 @@ def test_nest_class_activation_map_is_drawn_and_averages_to_the_logit(tmp_path):
     """A NesT checkpoint converted from the timm fixture: the map's mean over positions is the predicted
     class's logit, and --attention_dir draws it."""
     io = dict(np.load(os.path.join(FIXTURES, "nest_tiny_io.npz")))
-    config = config_lib.base_config()
+    config = recipes.base()
     config.dataset.update(name="synthetic", num_classes=5, image_size=32)
-    config.model = config_lib.nest_model("T", num_classes=5)
+    config.model = models.config("nest", variant="T", num_classes=5)
     config.model.update(dims=tuple(int(d) for d in io["dims"]), num_heads=tuple(int(h) for h in io["num_heads"]),
                         depths=tuple(int(d) for d in io["depths"]), patch_size=int(io["patch_size"]))
     workdir = str(tmp_path / "nest")

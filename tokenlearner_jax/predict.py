@@ -303,6 +303,11 @@ def define_flags():
     flags.mark_flags_as_required(["workdir"])
 
 
-if __name__ == "__main__":
+def run_command():
+    """The console script's entry point."""
     define_flags()
     app.run(main)
+
+
+if __name__ == "__main__":
+    run_command()

@@ -134,7 +134,8 @@ def class_activation_maps(config, workdir: str, num_images: int) -> dict:
 
 
 def plot_attention(images: np.ndarray, maps: np.ndarray, labels, predictions, title: str, path: str) -> None:
-    """One row per image: the image, then each token's map [num_tokens, rows, cols] overlaid on it."""
+    """One row per image: the image, then each token's map [num_tokens, rows, cols] overlaid on it; `labels`
+    None when the true classes are unknown (predict)."""
     num_images, num_tokens = maps.shape[:2]
     height, width = images.shape[1:3]
     uniform = 1.0 / (maps.shape[2] * maps.shape[3])
@@ -144,7 +145,8 @@ def plot_attention(images: np.ndarray, maps: np.ndarray, labels, predictions, ti
     gray = images.mean(-1) if images.shape[-1] == 3 else images[..., 0]
     for i in range(num_images):
         axes[i, 0].imshow(images[i], interpolation="nearest")
-        axes[i, 0].set_title(f"label {labels[i]}, pred {predictions[i]}", fontsize=8)
+        truth = "" if labels is None else f"label {labels[i]}, "
+        axes[i, 0].set_title(f"{truth}pred {predictions[i]}", fontsize=8)
         for t in range(num_tokens):
             ax = axes[i, t + 1]
             ax.imshow(gray[i], cmap="gray", interpolation="nearest")
@@ -163,7 +165,7 @@ def plot_attention(images: np.ndarray, maps: np.ndarray, labels, predictions, ti
 def plot_class_attention(images: np.ndarray, cams: np.ndarray, labels, predictions, title: str, path: str,
                          class_names=None) -> None:
     """Two panels per image (up to four images a row): the image, then its class map [rows, cols] overlaid,
-    scaled from its minimum to its maximum."""
+    scaled from its minimum to its maximum; `labels` None when the true classes are unknown (predict)."""
     num_images = len(images)
     per_row = min(num_images, 4)
     rows = -(-num_images // per_row)
@@ -173,12 +175,12 @@ def plot_class_attention(images: np.ndarray, cams: np.ndarray, labels, predictio
     for i in range(num_images):
         image_ax, map_ax = axes[i // per_row, 2 * (i % per_row)], axes[i // per_row, 2 * (i % per_row) + 1]
         image_ax.imshow(images[i], interpolation="nearest")
-        image_ax.set_title(f"true {name(labels[i])}", fontsize=8)
+        image_ax.set_title("input" if labels is None else f"true {name(labels[i])}", fontsize=8)
         map_ax.imshow(images[i].mean(-1), cmap="gray", interpolation="nearest")
         cam = cams[i] - cams[i].min()
         map_ax.imshow(cam / max(float(cam.max()), 1e-12), cmap="jet", alpha=0.5, vmin=0.0, vmax=1.0,
                       interpolation="bilinear", extent=(-0.5, width - 0.5, height - 0.5, -0.5))
-        wrong = "" if predictions[i] == labels[i] else " (wrong)"
+        wrong = "" if labels is None or predictions[i] == labels[i] else " (wrong)"
         map_ax.set_title(f"map of pred {name(predictions[i])}{wrong}", fontsize=8)
     for ax in axes.flat:
         ax.set_xticks([])

@@ -37,6 +37,8 @@ RESULTS = os.path.join(HERE, "results")
 # name -> (label, our config: "family:variant" read by `benchmark_config`, timm model and its kwargs or None,
 #          the model whose train step this one's is compared with when there is no timm model)
 MODELS = {
+    "vit_ti16": ("ViT-Ti/16", "vit:Ti/16", ("vit_tiny_patch16_224", dict(class_token=False, global_pool="avg",
+                                                                       fc_norm=False)), None),
     "vit_s16": ("ViT-S/16", "vit:S/16", ("vit_small_patch16_224", dict(class_token=False, global_pool="avg",
                                                                        fc_norm=False)), None),
     "vit_b16": ("ViT-B/16", "vit:B/16", ("vit_base_patch16_224", dict(class_token=False, global_pool="avg",
@@ -53,8 +55,9 @@ TIMM_PACKAGES = "torch==2.14.1 torchvision==0.29.1 timm==1.0.31 safetensors"
 # ----------------------------------------------------------------------------------------------------
 # Our side (a worker process running this file with --worker).
 
-def benchmark_config(key: str, batch_size: int, frames: int = 8):
-    """(config, DatasetInfo) of the family's ImageNet recipe (config_lib) at `batch_size`, 224px."""
+def benchmark_config(key: str, batch_size: int, frames: int = 8, dtype: str = "float32", image_size: int = 224):
+    """(config, DatasetInfo) of the family's ImageNet recipe (config_lib) at `batch_size`, computing in
+    `dtype` (parameters stay float32), `image_size` square."""
     from tokenlearner_jax import config_lib, data
 
     family, variant = key.split(":")
@@ -67,7 +70,8 @@ def benchmark_config(key: str, batch_size: int, frames: int = 8):
     else:
         config = getattr(config_lib, f"{family}_imagenet_config")(variant, batch_size=batch_size)
     config.batch_size = config.eval_batch_size = batch_size
-    size = config.dataset.image_size
+    config.model.dtype = dtype
+    config.dataset.image_size = size = image_size
     shape = (size, size, 3) if config.dataset.num_frames <= 0 else (config.dataset.num_frames, size, size, 3)
     info = data.DatasetInfo(name="benchmark", num_classes=config.model.num_classes, image_shape=shape,
                             num_train=1_000_000, num_eval=0, multi_label=False)
@@ -90,12 +94,12 @@ def trainer_step(config, info):
 class JaxSide:
     """Builds one of our models and times its train step and forward pass on request."""
 
-    def setup(self, *, model: str, batch_size: int, seed: int = 0):
+    def setup(self, *, model: str, batch_size: int, dtype: str = "float32", image_size: int = 224, seed: int = 0):
         """Builds the state and compiles the train step and the forward pass; returns their times
         (wall and this process's CPU seconds), XLA's FLOP counts and memory sizes."""
         import jax
 
-        config, info = benchmark_config(MODELS[model][1], batch_size)
+        config, info = benchmark_config(MODELS[model][1], batch_size, dtype=dtype, image_size=image_size)
         times = {}
         watch = worker_protocol.Stopwatch()
         net, init_state, train_step, to_global, self.context, self.variables = trainer_step(config, info)
@@ -123,6 +127,8 @@ class JaxSide:
                 "infer_flops": self.forward.cost_analysis()["flops"],
                 "xla_temp_bytes": memory.temp_size_in_bytes, "xla_argument_bytes": memory.argument_size_in_bytes,
                 "params": sum(x.size for x in jax.tree.leaves(self.state.params)),
+                "cudnn_attention_calls": self.train_step.as_text().count("__cudnn$fmha"),
+                "device": jax.devices()[0].device_kind,
                 "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
     def _train_once(self):
@@ -144,16 +150,23 @@ class JaxSide:
     def infer(self, count: int):
         return worker_protocol.timed(self._infer_once, count)
 
-    def matmul_peak(self, size: int = 2048, repeats: int = 10):
+    def matmul_peak(self, size: int = 2048, repeats: int = 10, dtype: str = "float32"):
         import jax
         import jax.numpy as jnp
 
-        a = jnp.asarray(np.random.RandomState(0).randn(size, size), jnp.float32)
+        a = jnp.asarray(np.random.RandomState(0).randn(size, size), dtype)
         matmul = jax.jit(lambda x, y: x @ y)
         matmul(a, a).block_until_ready()
         times = worker_protocol.timed(lambda: matmul(a, a).block_until_ready(), repeats)["wall"]
         flop = 2 * size ** 3
         return {"median": flop / float(np.median(times)) / 1e9, "best": flop / min(times) / 1e9}
+
+    def device_peak_memory(self):
+        """Peak bytes in use on the accelerator (None on CPU, whose allocations are the process's RSS)."""
+        import jax
+
+        stats = jax.devices()[0].memory_stats()
+        return stats.get("peak_bytes_in_use") if stats else None
 
     def profile(self, steps: int = 2, rows: int = 25):
         import profile_ops  # experiments/profile_ops.py
@@ -162,7 +175,8 @@ class JaxSide:
 
     def handlers(self):
         return dict(setup=self.setup, warmup=self.warmup, train=self.train, infer=self.infer,
-                    matmul_peak=self.matmul_peak, profile=self.profile, peak_rss=worker_protocol.peak_rss_bytes)
+                    matmul_peak=self.matmul_peak, profile=self.profile, peak_rss=worker_protocol.peak_rss_bytes,
+                    device_peak_memory=self.device_peak_memory)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -103,11 +103,13 @@ def flops():
     return counts
 
 
-def matmul_peak(size: int = 2048, repeats: int = 10):
-    """GFLOP/s of a float32 `size x size` matmul: median and best of `repeats`."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def matmul_peak(size: int = 2048, repeats: int = 10, dtype: str = "float32", device: str = "cpu"):
+    """GFLOP/s of a `size x size` matmul in `dtype`: median and best of `repeats`."""
+    a, b = (torch.randn(size, size, device=device, dtype=getattr(torch, dtype)) for _ in range(2))
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     a @ b
-    times = worker_protocol.timed(lambda: a @ b, repeats)["wall"]
+    sync()
+    times = worker_protocol.timed(lambda: (a @ b, sync()), repeats)["wall"]
     flop = 2 * size ** 3
     return {"median": flop / sorted(times)[len(times) // 2] / 1e9, "best": flop / min(times) / 1e9}
 
@@ -127,10 +129,16 @@ def profile(steps: int = 2, rows: int = 25):
                     for e in top]}
 
 
+def device_peak_memory():
+    """Peak bytes torch allocated on the GPU (None on CPU)."""
+    return torch.cuda.max_memory_allocated() if _state["device"] == "cuda" else None
+
+
 def peak_rss():
     return worker_protocol.peak_rss_bytes()
 
 
 if __name__ == "__main__":
     worker_protocol.serve(dict(setup=setup, warmup=warmup, train=train, infer=infer, flops=flops,
-                               matmul_peak=matmul_peak, profile=profile, peak_rss=peak_rss))
+                               matmul_peak=matmul_peak, profile=profile, peak_rss=peak_rss,
+                               device_peak_memory=device_peak_memory))

@@ -72,6 +72,30 @@ def tables(run: dict) -> str:
     return "\n".join(speed) + "\n\n" + "\n".join(costs) + ("\n\n" + "\n".join(notes) if notes else "")
 
 
+def profiles(run: dict, rows: int = 12) -> str:
+    """Where each side's train step spends its time (the runs made with --profile)."""
+    from benchmark import MODELS
+
+    out = []
+    for m in run["models"]:
+        ours, timm = m["ours"].get("profile"), (m.get("timm") or {}).get("profile")
+        if not ours:
+            continue
+        out += [f"### {MODELS[m['model']][0]}", "",
+                f"Ours: {ours['wall_s']:.2f} s per profiled step, {ours['total_s']:.2f} s in XLA's ops; the "
+                f"largest groups (pass, module: JAX primitive at the root of the fusion):", "",
+                "| pass | module: primitive | s/step | share |", "|---|---|---|---|"]
+        out += [f"| {g['pass_']} | {g['primitive']} | {g['self_s']:.3f} | {g['self_s'] / ours['total_s']:.0%} |"
+                for g in ours["groups"][:rows]]
+        if timm:
+            out += ["", f"timm: {timm['total_s']:.2f} s of op self time per step (torch.profiler):", "",
+                    "| op | calls | s/step | share |", "|---|---|---|---|"]
+            out += [f"| {o['name']} | {o['calls']} | {o['self_s']:.3f} | {o['self_s'] / timm['total_s']:.0%} |"
+                    for o in timm["ops"][:rows]]
+        out.append("")
+    return "\n".join(out)
+
+
 def header(run: dict) -> str:
     first = run["models"][0]
     ours, timm = first["ours"], next((m["timm"] for m in run["models"] if "timm" in m), None)
@@ -116,6 +140,8 @@ def write(run: dict, output: str) -> str:
     text = tables(run)
     with open(output + ".md", "w", encoding="utf-8") as f:
         f.write(f"# Benchmark against timm on CPU\n\n{header(run)}\n{text}\n")
+        if any("profile" in m["ours"] for m in run["models"]):
+            f.write(f"\n## Profiles of one train step\n\n{profiles(run)}\n")
     if any("timm" in m for m in run["models"]):
         chart(run, output + ".png")
     return text

@@ -44,6 +44,14 @@ def primitive_of(op_name: str) -> str:
     return re.sub(r"\[.*$", "", op_name.rsplit("/", 1)[-1]) if op_name else "?"
 
 
+def scope_of(op_name: str) -> str:
+    """The module that made an op, layer numbers folded: '.../encoderblock_3/MlpBlock_3/Dense_0/dot_general'
+    -> 'MlpBlock_3/Dense_0'."""
+    parts = [p for p in op_name.split("/")[1:-1] if not p.startswith(("jvp(", "transpose(", "checkpoint"))]
+    return "/".join(re.sub(r"_\d+$", "_*", p) if re.search(r"(block|stage|level|layer)_\d+$", p) else p
+                    for p in parts[-2:]) or "-"
+
+
 def op_times(trace_dir: str) -> collections.Counter:
     """{HLO instruction name: total seconds} of the thunks recorded in a jax.profiler trace."""
     import jax
@@ -77,7 +85,7 @@ def profile_jax_step(run_once, hlo_text: str, steps: int, rows: int) -> dict:
     ops = []
     for name, seconds in totals.most_common():
         info = instructions.get(name, dict(opcode="?", kind="", shape="?", op_name=""))
-        group = (pass_of(info["op_name"]), primitive_of(info["op_name"]))
+        group = (pass_of(info["op_name"]), f"{scope_of(info['op_name'])}: {primitive_of(info['op_name'])}")
         by_group[group] += seconds / steps
         ops.append(dict(name=name, self_s=seconds / steps, opcode=info["opcode"], kind=info["kind"],
                         shape=info["shape"], pass_=group[0], primitive=group[1]))

@@ -5,6 +5,7 @@ from typing import Any, Callable, Optional, Tuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from tokenlearner_jax.layers.partitioning import param_with_axes
 
@@ -13,6 +14,7 @@ Dtype = Any
 
 class EinsumDense(nn.Module):
     """A Dense layer written as an einsum, whose kernel keeps its multi-axis shape (and logical names).
+    Its `kernel` and `bias` can also be read by the parent (MultiHeadAttention stacks three of them).
 
     Attributes:
       equation: einsum of the input and the kernel, e.g. '...d,dhk->...hk'.
@@ -29,20 +31,29 @@ class EinsumDense(nn.Module):
     fan_out_axes: Tuple[int, ...]
     dtype: Dtype = jnp.float32
 
-    @nn.compact
-    def __call__(self, x):
+    def setup(self):
         init = nn.initializers.xavier_uniform(in_axis=self.fan_in_axes, out_axis=self.fan_out_axes)
-        kernel = self.param("kernel", param_with_axes(init, self.kernel_axes), self.kernel_shape)
+        self.kernel = self.param("kernel", param_with_axes(init, self.kernel_axes), self.kernel_shape)
         bias_shape = self.kernel_shape[len(self.kernel_shape) - len(self.bias_axes):]
-        bias = self.param("bias", param_with_axes(nn.initializers.zeros, self.bias_axes), bias_shape)
-        return jnp.einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
+        self.bias = self.param("bias", param_with_axes(nn.initializers.zeros, self.bias_axes), bias_shape)
+
+    def __call__(self, x):
+        return (jnp.einsum(self.equation, x.astype(self.dtype), self.kernel.astype(self.dtype))
+                + self.bias.astype(self.dtype))
 
 
 class MultiHeadAttention(nn.Module):
     """Multi-head dot-product self-attention.
 
     Parameters follow the vit_jax layout: query/key/value kernels `[width, heads, head_dim]`, output
-    kernel `[heads, head_dim, width]`, so published checkpoints map one to one.
+    kernel `[heads, head_dim, width]`, so published checkpoints map one to one. With a key / value head
+    per query head the three kernels are stacked at run time into one `[width, 3, heads, head_dim]`
+    projection (one matrix product instead of three; the stacked axis keeps the heads' sharding), and
+    the attention runs heads-major `[batch, heads, length, head_dim]`, which XLA's CPU matrix products
+    take without transposing inside them (experiments/results/levers.md).
+
+    The attention weights `[batch, heads, queries, keys]` are sown into 'intermediates' as
+    'attention_weights' when the caller asks for that collection (`apply(..., mutable=['intermediates'])`).
 
     Attributes:
       num_heads: number of heads; the input width must be divisible by it.
@@ -50,12 +61,18 @@ class MultiHeadAttention(nn.Module):
       num_kv_heads: key / value heads, each shared by num_heads / num_kv_heads query heads (1: multi-query
         attention, arXiv 1911.02150, as NesT's CIFAR models); 0 gives every query head its own (standard).
         The key and value kernels are then `[width, num_kv_heads, head_dim]`.
+      implementation: None: cuDNN's fused kernel where `cudnn_fits` (a GPU, bfloat16 / float16, no bias,
+        no attention dropout, weights not asked for), else explicit einsums and a float32 softmax (on CPU
+        these are faster than `jax.nn.dot_product_attention`'s XLA code: experiments/results/levers.md);
+        'xla' or 'cudnn': that implementation of `jax.nn.dot_product_attention` (its weights are never
+        sown, and attention dropout is not applied).
     """
 
     num_heads: int
     dropout_rate: float = 0.0
     dtype: Dtype = jnp.float32
     num_kv_heads: int = 0
+    implementation: Optional[str] = None
 
     @nn.compact
     def __call__(self, x, *, train: bool, bias: Optional[jax.Array] = None):
@@ -68,24 +85,67 @@ class MultiHeadAttention(nn.Module):
         kv_heads = self.num_kv_heads or self.num_heads
         if self.num_heads % kv_heads:
             raise ValueError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {kv_heads}")
+        if self.implementation not in (None, "xla", "cudnn"):
+            raise ValueError(f"attention implementation {self.implementation!r}: expected None, 'xla' or 'cudnn'")
 
         def projection(name, heads):
             heads_axis = "heads" if heads == self.num_heads else None  # a shared key/value head is not sharded
             return EinsumDense("...d,dhk->...hk", (width, heads, head_dim), ("embed", heads_axis, "kv"),
-                               (heads_axis, "kv"), (0,), (1, 2), dtype=self.dtype, name=name)(x)
+                               (heads_axis, "kv"), (0,), (1, 2), dtype=self.dtype, name=name)
 
-        query = projection("query", self.num_heads)
-        key, value = (jnp.repeat(projection(name, kv_heads), self.num_heads // kv_heads, axis=-2)
-                      for name in ("key", "value"))
-        logits = jnp.einsum("bqhd,bkhd->bhqk", query, key) / jnp.sqrt(head_dim).astype(self.dtype)
+        projections = [projection("query", self.num_heads), projection("key", kv_heads),
+                       projection("value", kv_heads)]
+        if kv_heads == self.num_heads:
+            kernel = jnp.stack([p.kernel for p in projections], axis=1).astype(self.dtype)
+            qkv = jnp.einsum("...d,dthk->...thk", x.astype(self.dtype), kernel) + jnp.stack(
+                [p.bias for p in projections]).astype(self.dtype)
+            query, key, value = (qkv[..., i, :, :] for i in range(3))  # each [batch, length, heads, head_dim]
+        else:
+            query, key, value = (p(x) for p in projections)
         if bias is not None:
-            logits = logits + bias.astype(logits.dtype)
+            bias = bias.reshape((1,) * (4 - bias.ndim) + bias.shape).astype(self.dtype)
+        implementation = self.implementation
+        if implementation is None and cudnn_fits(query, bias) and not (
+                self.is_mutable_collection("intermediates") or (train and self.dropout_rate > 0)):
+            implementation = "cudnn"
+        if implementation is None:
+            out = self._explicit(query, key, value, bias, train)
+        else:  # key / value heads shared by several query heads are passed as they are
+            out = jax.nn.dot_product_attention(query, key, value, bias=bias, scale=1.0 / np.sqrt(head_dim),
+                                               implementation=implementation)
+        return EinsumDense("...hk,hkd->...d", (self.num_heads, head_dim, width), ("heads", "kv", "embed"),
+                           ("embed",), (0, 1), (2,), dtype=self.dtype, name="out")(out)
+
+    def _explicit(self, query, key, value, bias, train):
+        """Softmax attention with the weights materialised (sown when asked for, dropout in training) on
+        `[batch, length, heads, head_dim]` inputs; the products run heads-major."""
+        repeats = self.num_heads // key.shape[-2]
+        heads_major = lambda t: jnp.swapaxes(t, 1, 2)  # [batch, heads, length, head_dim]
+        query = heads_major(query * jnp.asarray(1.0 / np.sqrt(query.shape[-1]), self.dtype))
+        key, value = (heads_major(jnp.repeat(t, repeats, axis=-2)) for t in (key, value))
+        logits = jnp.einsum("bhqd,bhkd->bhqk", query, key)
+        if bias is not None:
+            logits = logits + bias
         weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
         self.sow("intermediates", "attention_weights", weights)
         weights = nn.Dropout(self.dropout_rate)(weights, deterministic=not train)
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights, value)
-        return EinsumDense("...hk,hkd->...d", (self.num_heads, head_dim, width), ("heads", "kv", "embed"),
-                           ("embed",), (0, 1), (2,), dtype=self.dtype, name="out")(out)
+        return heads_major(jnp.einsum("bhqk,bhkd->bhqd", weights, value))
+
+
+def cudnn_fits(query, bias) -> bool:
+    """Whether cuDNN's fused attention takes `query` `[batch, length, heads, head_dim]`: on a GPU, in
+    bfloat16 or float16, head size a multiple of 8 up to 128, and no logits bias (a learned bias needs
+    its gradient, which the fused kernel gives only for some shapes)."""
+    return (jax.default_backend() == "gpu" and bias is None and query.dtype in (jnp.bfloat16, jnp.float16)
+            and query.shape[-1] % 8 == 0 and query.shape[-1] <= 128)
+
+
+def gelu(x, approximate: bool = False):
+    """GELU: x/2 (1 + erf(x / sqrt 2)), or its tanh approximation. The exact form is written with erf, as
+    torch writes it: `jax.nn.gelu` uses erfc, whose XLA code on CPU costs about three times as much."""
+    if approximate:
+        return jax.nn.gelu(x, approximate=True)
+    return x * (0.5 + 0.5 * jax.lax.erf(x * np.asarray(np.sqrt(0.5), x.dtype)))
 
 
 class MlpBlock(nn.Module):
@@ -116,7 +176,7 @@ class MlpBlock(nn.Module):
         x = nn.Dense(self.hidden_dim, dtype=self.dtype, name="Dense_0",
                      kernel_init=param_with_axes(self.kernel_init, ("embed", self.hidden_axis)),
                      bias_init=param_with_axes(self.bias_init, (self.hidden_axis,)))(x)
-        x = nn.gelu(x, approximate=self.approximate_gelu)
+        x = gelu(x, approximate=self.approximate_gelu)
         x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
         x = nn.Dense(out_dim, dtype=self.dtype, name="Dense_1",
                      kernel_init=param_with_axes(self.kernel_init, (self.hidden_axis, self.out_axis)),

@@ -1,0 +1,163 @@
+"""Before / after measurements of the speed and memory levers of issue 17, each in one run.
+
+  python experiments/levers.py --levers=gelu_erf,attention_layout [--models=...] [--rounds=4 --steps=1]
+
+A lever compares two sides of our train step and forward pass, run as in experiments/benchmark.py
+(one worker process per side, timed calls alternating A B B A ..., batch 16, 224px, float32): the
+source tree of two commits of this repository (exported with `git archive`), or XLA flags. Each run
+is written to experiments/results/levers/LEVER.json; the table of every lever measured so far, with
+the decision rule below applied, to experiments/results/levers.md.
+
+Decision: a speed lever is kept when the median train step is at least 3% faster by both wall and
+CPU time on every model measured and the numerics are unchanged (the parity tests); a memory lever
+when peak RSS drops by 5% or more at no more than 5% of speed.
+"""
+
+import argparse
+import glob
+import json
+import os
+import subprocess
+import tempfile
+import time
+
+import numpy as np
+
+import benchmark
+import benchmark_report
+
+RESULTS = os.path.join(benchmark.RESULTS, "levers")
+BASE = "56c1ae1"  # main before this work
+
+# name -> what it changes, and the two sides: {'rev': commit} (a source tree) or {'xla_flags': ...}
+LEVERS = {
+    "gelu_erf": dict(
+        what="MlpBlock's exact GELU as x/2 (1 + erf(x/sqrt 2)) instead of jax.nn.gelu's erfc form "
+             "(layers/attention.py)",
+        before={"rev": BASE}, after={"rev": "7829f20"}, models=("vit_s16", "nest_t")),
+    "attention_layout": dict(
+        what="MultiHeadAttention: query/key/value kernels stacked into one [width, 3, heads, head_dim] "
+             "projection at run time, products heads-major [batch, heads, length, head_dim]",
+        before={"rev": "7829f20"}, after={"rev": "d83f16e"}, models=("vit_s16", "nest_t", "maxvit_t")),
+    "xla_onednn": dict(
+        what="XLA_FLAGS=--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_fusion_type=LIBRARY_FUSION_TYPE_DOT "
+             "(oneDNN matrix products instead of the default YNNPACK ones)",
+        before={"xla_flags": ""},
+        after={"xla_flags": "--xla_cpu_use_onednn=true "
+                            "--xla_cpu_experimental_onednn_fusion_type=LIBRARY_FUSION_TYPE_DOT"},
+        models=("vit_s16", "maxvit_t")),
+    "xla_vector_width_512": dict(
+        what="XLA_FLAGS=--xla_cpu_prefer_vector_width=512 (AVX-512 vectors in XLA's own loops; the default is 256)",
+        before={"xla_flags": ""}, after={"xla_flags": "--xla_cpu_prefer_vector_width=512"},
+        models=("vit_s16", "maxvit_t")),
+}
+
+
+def export_tree(rev: str) -> str:
+    """A directory holding this repository's files at `rev` (made once per commit)."""
+    path = os.path.join(tempfile.gettempdir(), "tokenlearner_levers", rev)
+    if not os.path.isdir(path):
+        os.makedirs(path)
+        archive = subprocess.run(["git", "-C", benchmark.ROOT, "archive", rev], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", path], input=archive, check=True)
+    return path
+
+
+def side(name: str, spec: dict) -> dict:
+    pythonpath = export_tree(spec["rev"]) if "rev" in spec else benchmark.ROOT
+    return {"name": name, "kind": "jax", "pythonpath": pythonpath, "xla_flags": spec.get("xla_flags", "")}
+
+
+def measure(lever: str, models, args) -> dict:
+    spec = LEVERS[lever]
+    sides = [side("before", spec["before"]), side("after", spec["after"])]
+    run = {"lever": lever, "what": spec["what"], "sides": sides, "batch_size": args.batch_size,
+           "rounds": args.rounds, "steps": args.steps, "machine": benchmark.machine_description(),
+           "command": f"python experiments/levers.py --levers={lever} --models={','.join(models)} "
+                      f"--rounds={args.rounds} --steps={args.steps}",
+           "started": time.strftime("%Y-%m-%d %H:%M:%S"), "uptime_before": benchmark.uptime(), "models": []}
+    for model in models:
+        print(f"{lever} / {model} ({benchmark.uptime()})", flush=True)
+        run["models"].append(benchmark.measure_model(model, sides, args, timm_python=None))
+        with open(os.path.join(RESULTS, f"{lever}.json"), "w", encoding="utf-8") as f:
+            json.dump(run, f, indent=1)
+    run["uptime_after"] = benchmark.uptime()
+    with open(os.path.join(RESULTS, f"{lever}.json"), "w", encoding="utf-8") as f:
+        json.dump(run, f, indent=1)
+    return run
+
+
+def decision(rows) -> str:
+    speed = [(r["train_wall"], r["train_cpu"]) for r in rows]
+    if all(w >= 1.03 and c >= 1.03 for w, c in speed):
+        return "kept (faster on every model)"
+    memory = [r["rss_after"] / r["rss_before"] for r in rows]
+    if all(m <= 0.95 for m in memory) and all(w >= 0.95 and c >= 0.95 for w, c in speed):
+        return "kept (less memory)"
+    return "dropped (no gain beyond 3% on every model)"
+
+
+def table() -> str:
+    lines = ["| lever | model | train s/step before -> after (median, min-max) | train speed after/before: "
+             "wall (CPU) | inference after/before: wall (CPU) | compile CPU s before -> after | init CPU s "
+             "before -> after | peak RSS GB before -> after | load | decision |", "|---|---|---|---|---|---|---|---|---|---|"]
+    notes = []
+    for path in sorted(glob.glob(os.path.join(RESULTS, "*.json"))):
+        with open(path, encoding="utf-8") as f:
+            run = json.load(f)
+        if run.get("uptime_after") is None:
+            continue  # still running, or stopped
+        rows = []
+        for m in run["models"]:
+            before, after = m["before"], m["after"]
+            rows.append(dict(
+                model=benchmark.MODELS[m["model"]][0],
+                times=f"{_seconds(before['train_times'])} -> {_seconds(after['train_times'])}",
+                train_wall=benchmark_report.ratio(after["train_times"], before["train_times"]),
+                train_cpu=benchmark_report.ratio(after["train_times"], before["train_times"], "cpu"),
+                infer=f"{benchmark_report.ratio(after['infer_times'], before['infer_times']):.2f} "
+                      f"({benchmark_report.ratio(after['infer_times'], before['infer_times'], 'cpu'):.2f})",
+                compile=f"{before['compile_cpu_s']:.0f} -> {after['compile_cpu_s']:.0f}",
+                init=f"{before['init_cpu_s']:.0f} -> {after['init_cpu_s']:.0f}",
+                rss_before=before["peak_rss_bytes"], rss_after=after["peak_rss_bytes"],
+                load=f"{m['load_before'][0]:.1f} -> {m['load_after'][0]:.1f}"))
+        verdict = decision(rows)
+        for r in rows:
+            lines.append(f"| {run['lever']} | {r['model']} | {r['times']} | {r['train_wall']:.2f} ({r['train_cpu']:.2f}) | "
+                         f"{r['infer']} | {r['compile']} | {r['init']} | {r['rss_before'] / 1e9:.1f} -> "
+                         f"{r['rss_after'] / 1e9:.1f} | {r['load']} | {verdict} |")
+        notes.append(f"- **{run['lever']}**: {run['what']}. `{run['command']}`, started {run['started']}; "
+                     f"`{run['uptime_before']}` before, `{run['uptime_after']}` after.")
+    return "\n".join(lines) + "\n\n" + "\n".join(notes)
+
+
+def _seconds(times) -> str:
+    wall = np.asarray(times["wall"])
+    return f"{np.median(wall):.2f} ({wall.min():.2f}-{wall.max():.2f})"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--levers", default="", help=f"comma-separated, of {list(LEVERS)}; empty: only the table")
+    parser.add_argument("--models", default="", help="instead of each lever's own models")
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=1)
+    parser.add_argument("--log_dir", default="/tmp/tokenlearner_benchmark_logs")
+    args = parser.parse_args()
+    args.profile = 0
+    os.makedirs(RESULTS, exist_ok=True)
+    os.makedirs(args.log_dir, exist_ok=True)
+    for lever in filter(None, args.levers.split(",")):
+        if lever not in LEVERS:
+            raise SystemExit(f"--levers: unknown lever {lever!r}; expected some of {list(LEVERS)}")
+        measure(lever, args.models.split(",") if args.models else LEVERS[lever]["models"], args)
+    text = table()
+    with open(os.path.join(benchmark.RESULTS, "levers.md"), "w", encoding="utf-8") as f:
+        f.write("# Speed and memory levers, each measured before / after in one run\n\n"
+                f"{__doc__.split(chr(10) + chr(10), 2)[2]}\n{text}\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -25,7 +25,7 @@ def get_config(arg=None):
         # Running statistics forget their initial values (mean 0, var 1) within a few hundred steps only at a
         # lower momentum: at 0.99, 0.99^500 = 0.7% of the initial variance is still in them after 500 steps.
         bn_momentum=0.9,
-        token_learner=dict(enabled=False, version="v1.1", location=1, num_tokens=8))
+        token_learner=dict(enabled=False, version="v1.1", location=1, num_tokens=8, gelu="erf"))
 
     config.loss = "softmax_xent"
     config.label_smoothing = 0.1

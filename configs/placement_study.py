@@ -24,7 +24,7 @@ def get_config(arg=None):
     config.dataset = recipes.dataset(name="digits", image_size=32, augment="shift", shift_pixels=3)
     config.model = models.config(
         "vit", variant="S/4", num_classes=10, classifier="gap", width=64, depth=4, num_heads=4, mlp_dim=256,
-        token_learner=dict(enabled=True, version="v1.1", location=0.5, num_tokens=8))
+        token_learner=dict(enabled=True, version="v1.1", location=0.5, num_tokens=8, gelu="erf"))
 
     config.loss = "softmax_xent"
     config.label_smoothing = 0.1

@@ -21,7 +21,8 @@ def get_config(arg=None):
     config.dataset = recipes.dataset(name="digits", image_size=64, augment="shift", shift_pixels=6)
     config.model = models.config(
         "poolformer", variant="S12", num_classes=10, depths=(2, 2, 2), dims=(32, 64, 128), layer_scale_init=1e-5,
-        drop_path_rate=0.05, token_learner=dict(enabled=False, version="v1.1", location=-1, num_tokens=8))
+        drop_path_rate=0.05,
+        token_learner=dict(enabled=False, version="v1.1", location=-1, num_tokens=8, gelu="erf"))
 
     config.loss = "softmax_xent"
     config.label_smoothing = 0.1

@@ -24,7 +24,7 @@ def get_config(arg=None):
     config.model = models.config(
         "vivit", variant="S/4", tubelet_frames=2, encoder="joint", num_classes=40, classifier="gap",
         width=64, depth=4, num_heads=4, mlp_dim=128,
-        token_learner=dict(enabled=True, version="v1.1", location=1, num_tokens=8))
+        token_learner=dict(enabled=True, version="v1.1", location=1, num_tokens=8, gelu="erf"))
 
     config.loss = "softmax_xent"
     config.label_smoothing = 0.1

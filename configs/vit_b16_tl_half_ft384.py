@@ -10,7 +10,8 @@ ImageNet-21k ViT-B_16.npz), a timm model.safetensors (vit_base_patch16_224.*), o
 <workdir>/init_from.json: the 14x14 position embeddings are resampled to the 24x24 grid of 384 inputs,
 TokenLearner starts fresh, the head starts fresh (1000 classes; zeros), and the source's class token
 and pre-logits layer (if any) are dropped because the model classifies by global average pooling, as
-in the TokenLearner paper. Recipe: the ViT paper's fine-tuning (SGD with momentum 0.9, no weight decay,
+in the TokenLearner paper. The encoder's GELU is the tanh approximation vit_jax trained with (set
+--config.model.gelu=erf for a timm file; a mismatch is logged at the start). Recipe: the ViT paper's fine-tuning (SGD with momentum 0.9, no weight decay,
 global-norm clip 1.0, batch 512, 20k steps, 500 warmup steps, cosine decay, lr 0.01, softmax loss).
 Few-shot evaluation every 10k steps on whichever of its datasets are prepared. Needs imagenet2012 in
 array_record format (docs/data.md). 28.7 GMACs per image in the paper's count for this model.
@@ -32,6 +33,7 @@ def get_config(arg=None):
                                      num_workers=16)
     config.model = models.config(
         "vit", variant="B/16", num_classes=1000, classifier="gap",
+        gelu="tanh",  # the GELU vit_jax's checkpoints were trained with (use 'erf' from a timm .safetensors)
         token_learner=dict(enabled=True, version="v1.1", location=0.5, num_tokens=8))
 
     config.loss = "softmax_xent"

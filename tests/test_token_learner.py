@@ -1,4 +1,7 @@
-"""TokenLearner v1.1, v1.0 and TokenFuser against an independent NumPy implementation of the math."""
+"""TokenLearner v1.1, v1.0 and TokenFuser against an independent NumPy implementation of the math, with
+either GELU: 'tanh' (Flax's nn.gelu default, which the official TokenLearner code uses) or 'erf' (exact).
+Each comparison holds within 1e-5, and the other GELU's reference is farther than that, so the test
+tells the two apart."""
 
 import flax
 import jax
@@ -16,13 +19,24 @@ def np_layer_norm(x, p, eps=1e-6):
     return (x - mean) / np.sqrt(var + eps) * p["scale"] + p["bias"]
 
 
-def np_gelu(x):
-    return 0.5 * x * (1.0 + erf(x / np.sqrt(2.0)))
+def np_gelu(x, kind):
+    if kind == "erf":
+        return 0.5 * x * (1.0 + erf(x / np.sqrt(2.0)))
+    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
 
 
-def np_mlp(x, p):
-    h = np_gelu(x @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"])
+def np_mlp(x, p, kind):
+    h = np_gelu(x @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"], kind)
     return h @ p["Dense_1"]["kernel"] + p["Dense_1"]["bias"]
+
+
+OTHER = {"erf": "tanh", "tanh": "erf"}
+
+
+def assert_matches_only(out, reference, gelu):
+    """`out` equals `reference(gelu)` within 1e-5, and `reference` with the other GELU is farther off."""
+    np.testing.assert_allclose(out, reference(gelu), rtol=0, atol=1e-5)
+    assert np.abs(out - reference(OTHER[gelu])).max() > 1e-5
 
 
 def np_softmax(x, axis):
@@ -53,36 +67,44 @@ def random_params(module, *args, seed=0):
     return jax.tree.unflatten(treedef, [0.5 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)])
 
 
+@pytest.mark.parametrize("gelu", ["tanh", "erf"])
 @pytest.mark.parametrize("positions", [49, 12])
-def test_v11_matches_numpy(positions):
+def test_v11_matches_numpy(positions, gelu):
     x = np.random.RandomState(0).randn(2, positions, 16).astype(np.float32)
-    module = TokenLearnerV11(num_tokens=5, bottleneck_dim=8)
+    module = TokenLearnerV11(num_tokens=8, bottleneck_dim=8, gelu=gelu)
     params = random_params(module, x)
     out = np.asarray(module.apply({"params": params}, x, train=False))
     p = to_np(params)
-    maps = np_mlp(np_layer_norm(x, p["LayerNorm_0"]), p["token_masking"])  # [b, positions, n]
-    attention = np_softmax(np.swapaxes(maps, 1, 2), axis=-1)  # softmax over space
-    expected = attention @ x  # pools the un-normalised inputs
-    assert out.shape == (2, 5, 16)
-    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+    def reference(kind):
+        maps = np_mlp(np_layer_norm(x, p["LayerNorm_0"]), p["token_masking"], kind)  # [b, positions, n]
+        attention = np_softmax(np.swapaxes(maps, 1, 2), axis=-1)  # softmax over space
+        return attention @ x  # pools the un-normalised inputs
+
+    assert out.shape == (2, 8, 16)
+    assert_matches_only(out, reference, gelu)
 
 
+@pytest.mark.parametrize("gelu", ["tanh", "erf"])
 @pytest.mark.parametrize("grid", [(4, 4), (3, 5)])
-def test_v10_matches_numpy_on_square_and_non_square_grids(grid):
+def test_v10_matches_numpy_on_square_and_non_square_grids(grid, gelu):
     x = np.random.RandomState(1).randn(2, *grid, 8).astype(np.float32)
-    module = TokenLearnerV10(num_tokens=4)
+    module = TokenLearnerV10(num_tokens=8, gelu=gelu)
     params = random_params(module, x)
     out = np.asarray(module.apply({"params": params}, x, train=False))
     p = to_np(params)
-    maps = np_layer_norm(x, p["LayerNorm_0"])
-    for i in range(4):
-        maps = np_conv3x3_same(maps, p[f"Conv_{i}"]["kernel"])
-        if i < 3:
-            maps = np_gelu(maps)
-    weights = 1.0 / (1.0 + np.exp(-maps.reshape(2, -1, 4)))  # element-wise sigmoid, [b, hw, n]
-    expected = np.einsum("bpn,bpc->bnc", weights, x.reshape(2, -1, 8))  # weighted sum over space
-    assert out.shape == (2, 4, 8)
-    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+    def reference(kind):
+        maps = np_layer_norm(x, p["LayerNorm_0"])
+        for i in range(4):
+            maps = np_conv3x3_same(maps, p[f"Conv_{i}"]["kernel"])
+            if i < 3:
+                maps = np_gelu(maps, kind)
+        weights = 1.0 / (1.0 + np.exp(-maps.reshape(2, -1, 8)))  # element-wise sigmoid, [b, hw, n]
+        return np.einsum("bpn,bpc->bnc", weights, x.reshape(2, -1, 8))  # weighted sum over space
+
+    assert out.shape == (2, 8, 8)
+    assert_matches_only(out, reference, gelu)
 
 
 def test_v10_rejects_flat_inputs():
@@ -90,21 +112,25 @@ def test_v10_rejects_flat_inputs():
         TokenLearnerV10(num_tokens=4).init(jax.random.key(0), jnp.zeros((1, 16, 8)), train=False)
 
 
-def test_fuser_matches_numpy():
+@pytest.mark.parametrize("gelu", ["tanh", "erf"])
+def test_fuser_matches_numpy(gelu):
     rng = np.random.RandomState(2)
-    tokens = rng.randn(2, 4, 16).astype(np.float32)
+    tokens = rng.randn(2, 8, 16).astype(np.float32)
     original = rng.randn(2, 10, 16).astype(np.float32)
-    module = TokenFuser(bottleneck_dim=8)
+    module = TokenFuser(bottleneck_dim=8, gelu=gelu)
     params = random_params(module, tokens, original)
     out = np.asarray(module.apply({"params": params}, tokens, original, train=False))
     p = to_np(params)
-    t = np_layer_norm(tokens, p["fuser_mix_norm1"])
-    t = np.swapaxes(np.swapaxes(t, 1, 2) @ p["token_mixing"]["kernel"] + p["token_mixing"]["bias"], 1, 2)
-    t = np_layer_norm(t, p["fuser_mix_norm2"])
-    gate = 1.0 / (1.0 + np.exp(-np_mlp(np_layer_norm(original, p["LayerNorm_0"]), p["token_masking"])))
-    expected = gate @ t  # [b, positions, n] @ [b, n, c]
+
+    def reference(kind):
+        t = np_layer_norm(tokens, p["fuser_mix_norm1"])
+        t = np.swapaxes(np.swapaxes(t, 1, 2) @ p["token_mixing"]["kernel"] + p["token_mixing"]["bias"], 1, 2)
+        t = np_layer_norm(t, p["fuser_mix_norm2"])
+        gate = 1.0 / (1.0 + np.exp(-np_mlp(np_layer_norm(original, p["LayerNorm_0"]), p["token_masking"], kind)))
+        return gate @ t  # [b, positions, n] @ [b, n, c]
+
     assert out.shape == original.shape
-    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+    assert_matches_only(out, reference, gelu)
 
 
 def test_fuser_starts_at_zero_so_the_fused_block_is_the_identity():

@@ -49,6 +49,10 @@ def initial_variables(config) -> dict:
 
 def convert(config, source: str, output: str) -> init_from.Report:
     """Reads `source`, reconciles it with `config.model` and writes the checkpoint to `output`."""
+    gelu = init_from.source_gelu(source)
+    if gelu and "gelu" in config.model and config.model.gelu != gelu:
+        logging.info("convert: %s was trained with the %s GELU; config.model.gelu set to %r.", source, gelu, gelu)
+        config.model.gelu = gelu
     trainer.validate(config)
     directory = os.path.join(os.path.abspath(output), "checkpoints")
     if os.path.exists(directory) and os.listdir(directory):

@@ -140,6 +140,9 @@ def cudnn_fits(query, bias) -> bool:
             and query.shape[-1] % 8 == 0 and query.shape[-1] <= 128)
 
 
+GELUS = ("erf", "tanh")  # the exact GELU, or its tanh approximation (Flax's nn.gelu default)
+
+
 def gelu(x, approximate: bool = False):
     """GELU: x/2 (1 + erf(x / sqrt 2)), or its tanh approximation. The exact form is written with erf, as
     torch writes it: `jax.nn.gelu` uses erfc, whose XLA code on CPU costs about three times as much."""

@@ -28,17 +28,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tokenlearner_jax.layers.attention import MlpBlock, layer_norm
+from tokenlearner_jax.layers.attention import GELUS, MlpBlock, gelu, layer_norm
 from tokenlearner_jax.layers.partitioning import param_with_axes
 
 VERSIONS = ("v1.1", "v1.0")
-GELUS = ("erf", "tanh")  # exact GELU, or the tanh approximation (Flax's nn.gelu default)
 
 
 def default_config(location=0.5) -> dict:
     """Every field of `config.model.token_learner`, off by default; `location` is the backbone's default."""
     return dict(enabled=False, version="v1.1", num_tokens=8, location=location, use_fuser=False,
-                bottleneck_dim=64, dropout_rate=0.0, gelu="erf")
+                bottleneck_dim=64, dropout_rate=0.0, gelu="tanh")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +51,8 @@ class TokenLearnerSpec:
       use_fuser: TokenFuser after the part of the network that runs on the tokens.
       bottleneck_dim: hidden width of v1.1's attention MLP and of the fuser's gate MLP.
       dropout_rate: dropout inside TokenLearner's and TokenFuser's MLPs and on the fuser's output.
-      gelu: 'erf' (exact) or 'tanh' (Flax's default approximation, used by the official code).
+      gelu: 'tanh' (Flax's default approximation, which the official TokenLearner code uses) or 'erf'
+        (the exact GELU).
     """
 
     location: int
@@ -61,7 +61,7 @@ class TokenLearnerSpec:
     use_fuser: bool = False
     bottleneck_dim: int = 64
     dropout_rate: float = 0.0
-    gelu: str = "erf"
+    gelu: str = "tanh"
 
 
 def parse_spec(tl_config, *, num_locations: int, what: str, fraction: bool = False) -> Optional[TokenLearnerSpec]:
@@ -111,14 +111,14 @@ class TokenLearnerV11(nn.Module):
     Attributes:
       num_tokens: tokens to learn.
       bottleneck_dim: hidden width of the attention MLP.
-      gelu: 'erf' or 'tanh'.
+      gelu: 'tanh' (the official code's) or 'erf'.
     """
 
     num_tokens: int
     bottleneck_dim: int = 64
     dropout_rate: float = 0.0
     dtype: jnp.dtype = jnp.float32
-    gelu: str = "erf"
+    gelu: str = "tanh"
 
     @nn.compact
     def __call__(self, x, *, train: bool):
@@ -138,12 +138,12 @@ class TokenLearnerV10(nn.Module):
 
     Attributes:
       num_tokens: tokens to learn (also the channel count of every conv).
-      gelu: 'erf' or 'tanh'.
+      gelu: 'tanh' (the official code's) or 'erf'.
     """
 
     num_tokens: int
     dtype: jnp.dtype = jnp.float32
-    gelu: str = "erf"
+    gelu: str = "tanh"
 
     @nn.compact
     def __call__(self, x, *, train: bool):
@@ -158,7 +158,7 @@ class TokenLearnerV10(nn.Module):
                                                        (None, None, None, "tokens")),
                            name=f"Conv_{i}")(maps)
             if i < 3:
-                maps = nn.gelu(maps, approximate=self.gelu == "tanh")
+                maps = gelu(maps, approximate=self.gelu == "tanh")
         batch, _, _, channels = x.shape
         attention = jax.nn.sigmoid(maps.reshape(batch, -1, self.num_tokens).astype(jnp.float32))
         attention = jnp.swapaxes(attention, 1, 2)
@@ -178,7 +178,7 @@ class TokenFuser(nn.Module):
     bottleneck_dim: int = 64
     dropout_rate: float = 0.0
     dtype: jnp.dtype = jnp.float32
-    gelu: str = "erf"
+    gelu: str = "tanh"
 
     @nn.compact
     def __call__(self, tokens, original, *, train: bool):

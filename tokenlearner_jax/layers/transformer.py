@@ -15,6 +15,7 @@ class EncoderBlock(nn.Module):
       dropout_rate: dropout after attention and inside the MLP.
       attention_dropout_rate: dropout on the attention weights.
       drop_path_rate: stochastic-depth rate of both branches.
+      gelu: the MLP's GELU, 'erf' (exact; timm) or 'tanh' (the approximation vit_jax and big_vision train with).
     """
 
     num_heads: int
@@ -25,6 +26,7 @@ class EncoderBlock(nn.Module):
     layer_norm_epsilon: float = 1e-6
     dtype: jnp.dtype = jnp.float32
     num_kv_heads: int = 0  # 1: multi-query attention (MultiHeadAttention.num_kv_heads)
+    gelu: str = "erf"
 
     @nn.compact
     def __call__(self, x, *, train: bool):
@@ -37,5 +39,5 @@ class EncoderBlock(nn.Module):
         x = x + DropPath(self.drop_path_rate)(y, train=train)
         y = layer_norm("LayerNorm_2", epsilon=self.layer_norm_epsilon, dtype=self.dtype)(x)
         y = MlpBlock(self.mlp_dim, dropout_rate=self.dropout_rate, dtype=self.dtype,
-                     name="MlpBlock_3")(y, train=train)
+                     approximate_gelu=self.gelu == "tanh", name="MlpBlock_3")(y, train=train)
         return x + DropPath(self.drop_path_rate)(y, train=train)

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 
 from tokenlearner_jax.layers import token_learner as token_learner_lib
 from tokenlearner_jax.layers.token_learner import StageTokenLearner, TokenLearnerSpec
-from tokenlearner_jax.layers.attention import layer_norm
+from tokenlearner_jax.layers.attention import GELUS, layer_norm
 from tokenlearner_jax.layers.blocking import block_partition, block_unpartition
 from tokenlearner_jax.layers.embedding import PatchEmbedding
 from tokenlearner_jax.layers.partitioning import param_with_axes
@@ -84,6 +84,7 @@ class NestLevel(nn.Module):
       aggregate: start with the block aggregation (conv, LayerNorm, max pool: halves the grid).
       pool_padding: 'same' | 'symmetric' (module docstring).
       token_learner: run the blocks on learned tokens, or None.
+      gelu: the MLPs' GELU, 'erf' or 'tanh'.
     """
 
     width: int
@@ -97,6 +98,7 @@ class NestLevel(nn.Module):
     dropout_rate: float = 0.0
     attention_dropout_rate: float = 0.0
     token_learner: Optional[TokenLearnerSpec] = None
+    gelu: str = "erf"
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -116,7 +118,8 @@ class NestLevel(nn.Module):
                          (1,) + blocks.shape[1:])
         blocks = blocks + pos.astype(blocks.dtype)
         layers = [EncoderBlock(self.num_heads, self.mlp_dim, self.dropout_rate, self.attention_dropout_rate,
-                               rate, dtype=self.dtype, num_kv_heads=self.num_kv_heads, name=f"encoderblock_{j}")
+                               rate, dtype=self.dtype, num_kv_heads=self.num_kv_heads, gelu=self.gelu,
+                               name=f"encoderblock_{j}")
                   for j, rate in enumerate(self.drop_path_rates)]
 
         def run(blocked):  # [batch, blocks, length, width]: every block attends within itself
@@ -158,6 +161,7 @@ class Nest(nn.Module):
     attention_dropout_rate: float = 0.0
     pool_padding: str = "same"
     token_learner: Optional[TokenLearnerSpec] = None
+    gelu: str = "erf"
     dtype: jnp.dtype = jnp.float32
 
     def check_input(self, input_shape):
@@ -188,7 +192,7 @@ class Nest(nn.Module):
             x = NestLevel(width, heads, self.mlp_ratio * width, rates, side, aggregate=i > 0,
                           num_kv_heads=self.num_kv_heads, pool_padding=self.pool_padding,
                           dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
-                          token_learner=tl, dtype=self.dtype, name=f"level_{i}")(x, train=train)
+                          token_learner=tl, gelu=self.gelu, dtype=self.dtype, name=f"level_{i}")(x, train=train)
 
         x = layer_norm("head_norm", dtype=self.dtype)(x).astype(jnp.float32)
         self.sow("intermediates", "feature_map", x)
@@ -210,6 +214,7 @@ def default_config() -> dict:
         variant="T", num_classes=1000, dims=(), num_heads=(), depths=(), patch_size=-1, num_kv_heads=-1,
         mlp_ratio=4, drop_path_rate=-1.0, dropout_rate=0.0, attention_dropout_rate=0.0,
         pool_padding="same",  # 'same': the official code and timm's nest_*_jx; 'symmetric': timm's nest_*
+        gelu="erf",  # the MLPs' GELU: 'erf' as timm runs the weights; the official Flax code trains with 'tanh'
         dtype="float32", token_learner=token_learner_lib.default_config(location=-1))
 
 
@@ -236,6 +241,7 @@ def build_nest(config) -> Nest:
     arch = resolve_architecture(config)
     check_common(config)
     check(config.pool_padding in POOL_PADDINGS, "pool_padding", config.pool_padding, f"one of {POOL_PADDINGS}")
+    check(config.gelu in GELUS, "gelu", config.gelu, f"one of {GELUS}")
     levels = len(arch["depths"])
     spec = token_learner_lib.parse_spec(config.token_learner, num_locations=levels, what="level")
     if spec is not None and not spec.use_fuser and spec.location != levels - 1:
@@ -250,6 +256,7 @@ def build_nest(config) -> Nest:
         dropout_rate=config.dropout_rate,
         attention_dropout_rate=config.attention_dropout_rate,
         pool_padding=config.pool_padding,
+        gelu=config.gelu,
         token_learner=spec,
         dtype=jnp.dtype(config.dtype),
         **arch,

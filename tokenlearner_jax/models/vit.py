@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from tokenlearner_jax.layers import AddPositionEmbedding, EncoderBlock, PatchEmbedding
 from tokenlearner_jax.layers import token_learner as token_learner_lib
-from tokenlearner_jax.layers.attention import layer_norm
+from tokenlearner_jax.layers.attention import GELUS, layer_norm
 from tokenlearner_jax.layers.partitioning import constrain_batch, param_with_axes
 from tokenlearner_jax.layers.token_learner import TokenLearnerSpec
 from tokenlearner_jax.models.registry import check, check_common, register
@@ -35,11 +35,12 @@ def default_config() -> dict:
     """Every field of `config.model` for a ViT. `variant` ('B/16': size and patch) sets width, depth,
     num_heads, mlp_dim and patch_size; a positive value of any of those overrides it. `dtype` is the
     computation dtype (parameters stay float32); `token_learner.location` is a fraction of the depth
-    (0.5: before layer 6 of 12) or a layer index."""
+    (0.5: before layer 6 of 12) or a layer index. `gelu` is the encoder's GELU ('erf': timm's weights;
+    'tanh': vit_jax / big_vision's, which `convert` sets from the source), apart from TokenLearner's own."""
     return dict(
         variant="B/16", num_classes=1000, classifier="gap", representation_size=0,
         width=-1, depth=-1, num_heads=-1, mlp_dim=-1, patch_size=-1,
-        dropout_rate=0.0, attention_dropout_rate=0.0, drop_path_rate=0.0, head_bias_init=0.0,
+        dropout_rate=0.0, attention_dropout_rate=0.0, drop_path_rate=0.0, head_bias_init=0.0, gelu="erf",
         dtype="float32", token_learner=token_learner_lib.default_config(location=0.5))
 
 
@@ -72,6 +73,7 @@ class ViT(nn.Module):
       representation_size: if set, a Dense + tanh pre-logits layer of that size.
       token_learner: where TokenLearner runs, or None.
       head_bias_init: initial value of the head bias (-10 for the sigmoid JFT recipe).
+      gelu: the encoder MLPs' GELU: 'erf' (exact, as timm) or 'tanh' (as vit_jax / big_vision trained).
     """
 
     num_classes: int
@@ -87,6 +89,7 @@ class ViT(nn.Module):
     drop_path_rate: float = 0.0
     token_learner: Optional[TokenLearnerSpec] = None
     head_bias_init: float = 0.0
+    gelu: str = "erf"
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -136,7 +139,8 @@ class ViT(nn.Module):
 
     def _block(self, i, depth, name):
         return EncoderBlock(self.num_heads, self.mlp_dim, self.dropout_rate, self.attention_dropout_rate,
-                            drop_path_rate=self.drop_path_rate * i / max(depth - 1, 1), dtype=self.dtype, name=name)
+                            drop_path_rate=self.drop_path_rate * i / max(depth - 1, 1), dtype=self.dtype,
+                            gelu=self.gelu, name=name)
 
     def _encode(self, x, num_prefix, grid, slices, train):
         """The encoder layers with TokenLearner / TokenFuser, then the final LayerNorm.
@@ -209,6 +213,7 @@ def build_vit(config) -> ViT:
     check(config.classifier in CLASSIFIERS, "classifier", config.classifier, f"one of {CLASSIFIERS}")
     check(width % heads == 0, "num_heads", heads, f"a divisor of the width {width}")
     check(config.representation_size >= 0, "representation_size", config.representation_size, ">= 0 (0: none)")
+    check(config.gelu in GELUS, "gelu", config.gelu, f"one of {GELUS}")
     spec = token_learner_lib.parse_spec(config.token_learner, num_locations=depth, what="layer", fraction=True)
     patch = _positive_or(config.patch_size, patch)
     return ViT(
@@ -225,5 +230,6 @@ def build_vit(config) -> ViT:
         drop_path_rate=config.drop_path_rate,
         token_learner=spec,
         head_bias_init=config.head_bias_init,
+        gelu=config.gelu,
         dtype=jnp.dtype(config.dtype),
     )

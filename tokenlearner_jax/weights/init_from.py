@@ -123,6 +123,30 @@ def restore_variables(path: str, abstract_variables: dict | None = None):
     return {"params": restored["params"], **(restored.get("model_state") or {})}, step
 
 
+def source_gelu(path: str):
+    """The GELU a published checkpoint was trained with: 'tanh' for a vit_jax / big_vision .npz (Flax's
+    nn.gelu default), 'erf' for a timm .safetensors (torch's exact GELU); None for our own checkpoints and
+    layout, which carry their config."""
+    location = epath.Path(path)
+    if location.is_dir() or not location.exists():
+        return None
+    if location.suffix == ".npz":
+        return "tanh"
+    if location.suffix == ".safetensors" and not ours.is_ours(location.read_bytes()):
+        return "erf"
+    return None
+
+
+def check_gelu(model_config, path: str) -> None:
+    """Warns when the model's GELU is not the one the source was trained with (the loaded network would
+    compute a slightly different function)."""
+    wanted = source_gelu(path)
+    if wanted and "gelu" in model_config and model_config.gelu != wanted:
+        logging.warning("config.init_from.path=%s was trained with the %s GELU, but config.model.gelu=%r: set "
+                        "--config.model.gelu=%s to compute the function the weights were trained as.", path,
+                        wanted, model_config.gelu, wanted)
+
+
 def load_source(path: str, model_config) -> dict:
     """{collection: nested dict of NumPy arrays} from a checkpoint directory, .npz or .safetensors."""
     location = epath.Path(path)
@@ -297,6 +321,7 @@ def initialize(state, init_config, model_config, *, report_dir: str | None = Non
     """`state` (a freshly initialised TrainState) with its params and model_state taken from
     `init_config.path` as far as `reconcile` allows. The optimizer state is kept: our optimizers'
     initial state (zero moments, zero step count) does not depend on the parameter values."""
+    check_gelu(model_config, init_config.path)
     source = load_source(init_config.path, model_config)
     variables = {"params": state.params, **state.model_state}
     values, report = reconcile(source, variables, init_config, source_name=init_config.path)

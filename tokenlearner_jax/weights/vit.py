@@ -255,6 +255,9 @@ def timm_model(model_config, image_size: int) -> tuple:
     name = next((f"vit_{size}_patch{patch}_224" for size, (arch, patches) in _TIMM_VITS.items()
                  if arch == architecture and patch in patches), "vit_base_patch16_224")
     token = model.classifier == "token"
-    return name, dict(img_size=image_size, patch_size=patch, embed_dim=model.width, depth=model.depth,
-                      num_heads=model.num_heads, mlp_ratio=mlp_ratio, class_token=token,
-                      global_pool="token" if token else "avg", fc_norm=False, num_classes=model.num_classes)
+    arguments = dict(img_size=image_size, patch_size=patch, embed_dim=model.width, depth=model.depth,
+                     num_heads=model.num_heads, mlp_ratio=mlp_ratio, class_token=token,
+                     global_pool="token" if token else "avg", fc_norm=False, num_classes=model.num_classes)
+    if model.gelu == "tanh":  # timm's default is the exact GELU
+        arguments["act_layer"] = "gelu_tanh"
+    return name, arguments

@@ -26,7 +26,7 @@ train-video: $(VENV)/.installed
 	$(PY) main.py --config=configs/quickstart_video.py --workdir=runs/quickstart_video
 
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 benchmark: $(VENV)/.installed
 	$(PY) experiments/benchmark_tokenlearner.py

@@ -20,7 +20,7 @@ smoothing 0.1, random-resized crops and flips, dropout 0.5 (X3D's).
 Not trained here (no AViD, no accelerator); smoke test on CPU:
   python main.py --config=configs/avid_tl.py --workdir=/tmp/avid --config.dataset.name=synthetic \
     --config.batch_size=2 --config.eval_batch_size=2 --config.num_train_steps=1 --config.dataset.synthetic_eval_size=2 \
-    --config.dataset.num_frames=4 --config.dataset.image_size=64 --config.dataset.eval_temporal_views=1
+    --config.dataset.num_frames=4 --config.dataset.image_size=128 --config.dataset.eval_temporal_views=1
 """
 
 from tokenlearner_jax import models, recipes

@@ -29,7 +29,7 @@ this model trained on Kinetics/AViD; the classifier is re-initialised when the c
 Not trained here (no Charades, no accelerator); smoke test on CPU:
   python main.py --config=configs/charades_tl.py --workdir=/tmp/charades --config.dataset.name=synthetic_multilabel \
     --config.batch_size=2 --config.eval_batch_size=2 --config.num_train_steps=1 --config.dataset.synthetic_eval_size=2 \
-    --config.dataset.num_frames=4 --config.dataset.image_size=64 --config.dataset.eval_temporal_views=1
+    --config.dataset.num_frames=4 --config.dataset.image_size=128 --config.dataset.eval_temporal_views=1
 """
 
 from tokenlearner_jax import models, recipes

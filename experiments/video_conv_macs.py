@@ -25,28 +25,28 @@ X3D_M_PARAMS, X3D_M_GMACS = 3.8, 6.2
 EXTRA_X3D_TAPS = 27 - 12
 
 
-def model_config(variant, num_classes, stages, token_learner=True):
+def model_config(variant, num_classes, token_learner=True, attention_stages=()):
+    """TokenLearner v1.0 (configs/charades_tl.py's) in the last stage, or attention over every position in
+    `attention_stages`, or neither (the plain X(2+1)D)."""
     config = ml_collections.ConfigDict(x2plus1d.default_config())
-    config.update(dict(variant=variant, num_classes=num_classes, transformer_stages=stages))
-    config.token_learner.enabled = token_learner
+    config.update(dict(variant=variant, num_classes=num_classes, attention_stages=attention_stages))
+    config.token_learner.update(dict(enabled=token_learner, version="v1.0"))
     return config
 
 
 # (name, config, clip shape)
-PAPER = "TokenLearner 8 tokens / frame -> transformer -> TokenFuser in stage 4"
+PAPER = "TokenLearner v1.0, 8 tokens / frame -> transformer -> TokenFuser in stage 4"
 ROWS = [
-    ("X(2+1)D-M, conv only (Kinetics-400 head)", model_config("M", 400, ()), (16, 224, 224, 3)),
-    ("X(2+1)D-M, conv only (Kinetics-400 head)", model_config("M", 400, ()), (16, 256, 256, 3)),
-    ("X(2+1)D-M, conv only (Charades head)", model_config("M", 157, ()), (64, 224, 224, 3)),
-    (f"X(2+1)D-M, {PAPER} (the paper's model)", model_config("M", 157, (-1,)), (64, 224, 224, 3)),
-    (f"X(2+1)D-M, {PAPER} (the paper's model)", model_config("M", 157, (-1,)), (64, 256, 256, 3)),
+    ("X(2+1)D-M, conv only (Kinetics-400 head)", model_config("M", 400, False), (16, 224, 224, 3)),
+    ("X(2+1)D-M, conv only (Kinetics-400 head)", model_config("M", 400, False), (16, 256, 256, 3)),
+    ("X(2+1)D-M, conv only (Charades head)", model_config("M", 157, False), (64, 224, 224, 3)),
+    (f"X(2+1)D-M, {PAPER} (the paper's model)", model_config("M", 157), (64, 224, 224, 3)),
+    (f"X(2+1)D-M, {PAPER} (the paper's model)", model_config("M", 157), (64, 256, 256, 3)),
     ("X(2+1)D-M, transformer over all positions in stage 4 (no TokenLearner)",
-     model_config("M", 157, (-1,), token_learner=False), (64, 256, 256, 3)),
-    ("tiny, conv only (bundled multi-label digits)", model_config("tiny", 10, ()), (16, 64, 64, 3)),
-    ("tiny, 4 tokens / frame -> transformer -> TokenFuser in stage 3", model_config("tiny", 10, (-1,)),
-     (16, 64, 64, 3)),
-    ("tiny, transformer over all positions in stage 3", model_config("tiny", 10, (-1,), token_learner=False),
-     (16, 64, 64, 3)),
+     model_config("M", 157, False, (-1,)), (64, 256, 256, 3)),
+    ("tiny, conv only (bundled multi-label digits)", model_config("tiny", 10, False), (16, 64, 64, 3)),
+    ("tiny, 8 tokens / frame -> transformer -> TokenFuser in stage 3", model_config("tiny", 10), (16, 64, 64, 3)),
+    ("tiny, transformer over all positions in stage 3", model_config("tiny", 10, False, (-1,)), (16, 64, 64, 3)),
 ]
 
 
@@ -54,17 +54,15 @@ def transformer_tokens(model, shape) -> str:
     """Tokens each transformer of the last transformer stage attends over: with TokenLearner the learned
     tokens of every frame; without, every position of the stage's map, and in its first block (which
     attends before downsampling) of the previous stage's map. '-' without transformer stages."""
-    if not model.transformer_stages:
+    stages = model.transformer_stages()
+    if not stages:
         return "-"
     frames, height, width = shape[:3]
-    if model.token_learner:
-        return str(frames * model.token_learner.num_tokens)
-    stride = 2 ** (max(model.transformer_stages) + 2)  # the stem and every stage halve height and width
-
-    def positions(s):
-        return frames * -(-height // s) * -(-width // s)
-
-    return f"{positions(stride)} (first block {positions(stride // 2)})"
+    stage = max(stages)
+    if stages[stage] is not None:
+        return str(frames * stages[stage].num_tokens)
+    (first_h, first_w), (h, w) = model.stage_maps(height, width)[stage]
+    return f"{frames * h * w} (first block {frames * first_h * first_w})"
 
 
 def main():

@@ -12,6 +12,9 @@ import numpy as np
 import optax
 import pytest
 
+from tokenlearner_jax import models
+from tokenlearner_jax.layers import token_learner as token_learner_lib
+from tokenlearner_jax.layers.token_learner import TokenLearnerSpec
 from tokenlearner_jax.models import flops, x2plus1d
 
 
@@ -27,7 +30,7 @@ def _tiny(**overrides):
     """A very small two-stage model for 32x32 inputs: 4x4 maps in the transformer stage."""
     fields = dict(variant="tiny", num_classes=6, widths=(8, 16), depths=(1, 2), head_width=32, fc_width=32,
                   dropout_rate=0.0)
-    token_learner = dict(num_tokens=3, **overrides.pop("token_learner", {}))
+    token_learner = {"num_tokens": 3, **overrides.pop("token_learner", {})}
     fields.update(overrides)
     return _config(token_learner=token_learner, **fields)
 
@@ -54,10 +57,13 @@ def test_channelwise_conv_equals_a_grouped_convolution(kernel, stride, size):
     np.testing.assert_allclose(out, expected, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("stages, enabled", [((), True), ((-1,), False), ((-1,), True), ((0, 1), True)])
-def test_shapes_and_which_mixer_runs_where(stages, enabled):
-    """Shapes from abstract evaluation (nothing compiled); which modules each block holds."""
-    config = _tiny(transformer_stages=stages, token_learner=dict(enabled=enabled))
+@pytest.mark.parametrize("location, attention_stages", [(None, ()), (None, (-1,)), (-1, ()), (0, (1,))])
+def test_shapes_and_which_mixer_runs_where(location, attention_stages):
+    """Shapes from abstract evaluation (nothing compiled); which modules each block holds: TokenLearner ->
+    transformer -> TokenFuser in the blocks of stage `token_learner.location`, a transformer over every
+    position in `attention_stages`, the 1x3x3 conv elsewhere."""
+    token_learner = dict(enabled=False) if location is None else dict(location=location)
+    config = _tiny(attention_stages=attention_stages, token_learner=token_learner)
     model = x2plus1d.build(config)
     videos = jax.ShapeDtypeStruct((2, 4, 32, 32, 3), jnp.float32)
     variables = jax.eval_shape(lambda x: flax.core.meta.unbox(model.init(jax.random.key(0), x)), videos)
@@ -66,25 +72,23 @@ def test_shapes_and_which_mixer_runs_where(stages, enabled):
     assert state["intermediates"]["pre_logits"][0].shape == (2, 32)
     config.num_classes = 0
     assert jax.eval_shape(x2plus1d.build(config).apply, variables, videos).shape == (2, 32)
-    params = variables["params"]
+    learner_stage = None if location is None else location % 2
+    attention = [s % 2 for s in attention_stages]
     for name in ("stage0_block0", "stage1_block0", "stage1_block1"):
-        block = params[name]
-        in_transformer_stage = int(name[5]) in [s % 2 for s in stages]
-        assert ("spatial" in block) == (not in_transformer_stage)
-        assert ("transformer" in block) == in_transformer_stage
-        if in_transformer_stage:
-            assert set(block["transformer"]) == ({"encoderblock_0", "token_learner", "token_fuser"} if enabled
-                                                 else {"encoderblock_0"})
+        block, stage = variables["params"][name], int(name[5])
+        expected = {"spatial"}
+        if stage == learner_stage:
+            expected = {"encoderblock_0", "token_learner", "token_fuser"}
+        elif stage in attention:
+            expected = {"encoderblock_0"}
+        assert (set(block["transformer"]) if "transformer" in block else {"spatial"} & set(block)) == expected, name
     maps = {path: value[0].shape for path, value in flax.traverse_util.flatten_dict(state["intermediates"]).items()
             if path[-1] == "token_attention"}
     # 2 clips x 4 frames, 3 tokens, over each block's input map: a stage's first block sees the previous
     # stage's map (16x16 after the stem, 8x8 after stage 0) and downsamples after the transformer.
     positions = {"stage0_block0": 256, "stage1_block0": 64, "stage1_block1": 16}
-    expected = {}
-    if enabled:
-        expected = {(name, "transformer", "token_learner", "token_attention"): (8, 3, count)
-                    for name, count in positions.items() if int(name[5]) in [s % 2 for s in stages]}
-    assert maps == expected
+    assert maps == {(name, "transformer", "token_learner", "token_attention"): (8, 3, count)
+                    for name, count in positions.items() if int(name[5]) == learner_stage}
 
 
 def test_token_learner_v10_runs_on_each_frames_grid():
@@ -121,7 +125,8 @@ def test_learned_token_attention_is_a_softmax_over_each_frame(tiny_model_and_var
 def test_the_space_time_unit_starts_as_the_identity():
     """TokenFuser's token-mixing Dense starts at zero, so TokenLearner -> transformer -> TokenFuser -> + x
     returns x unchanged; any other mixing weights change it."""
-    unit = x2plus1d.SpaceTimeTransformer(num_heads=2, mlp_dim=16, token_learner=x2plus1d.TokenSpec(4))
+    spec = TokenLearnerSpec(location=0, num_tokens=4, use_fuser=True)
+    unit = x2plus1d.SpaceTimeTransformer(num_heads=2, mlp_dim=16, token_learner=spec)
     x = jax.random.normal(jax.random.key(0), (2, 3, 5, 5, 8))
     variables = flax.core.meta.unbox(jax.jit(lambda key, x: unit.init(key, x, train=False))(jax.random.key(1), x))
     apply = jax.jit(lambda v, x: unit.apply(v, x, train=False))
@@ -177,7 +182,7 @@ def _transformer_unit_params(width, mlp_dim, tokens, depth=1, bottleneck=64):
 def test_full_size_parameter_counts():
     """X(2+1)D-M as an X3D-M (Kinetics-400 head), and the paper's Charades model: the last stage's seven
     blocks with TokenLearner (8 tokens) -> transformer -> TokenFuser instead of the 1x3x3 conv."""
-    conv = x2plus1d.build(_config(variant="M", num_classes=400, transformer_stages=()))
+    conv = x2plus1d.build(_config(variant="M", num_classes=400, token_learner=dict(enabled=False)))
     count = flops.count_params(flops.abstract_variables(conv, (16, 224, 224, 3))["params"])
     assert count == _conv_model_params("M", 400) == 3_702_792
     # X3D-M has one channel-wise 3x3x3 conv (27 weights a channel) where this has 1x3x3 + 3x1x1 (12):
@@ -195,7 +200,7 @@ def test_full_size_parameter_counts():
 
 
 def test_channelwise_macs_are_output_elements_times_taps():
-    model = x2plus1d.build(_tiny(transformer_stages=()))
+    model = x2plus1d.build(_tiny(token_learner=dict(enabled=False)))
     # 4 frames of 32x32: stem 16x16 (5 taps, 8 ch); stage 0: 8x8, inner 16 (9 + 3 taps); stage 1: 4x4,
     # inner 32, two blocks.
     expected = 4 * 16 * 16 * 8 * 5 + 4 * 8 * 8 * 16 * 12 + 2 * 4 * 4 * 4 * 32 * 12
@@ -234,21 +239,53 @@ def test_a_few_optax_steps_lower_the_multilabel_loss(tiny_model_and_variables):
 
 @pytest.mark.parametrize("overrides, message", [
     (dict(variant="XXL"), r"config.model.variant='XXL'"),
-    (dict(transformer_stages=(4,)), r"config.model.transformer_stages=\(4,\): stage 4"),
-    (dict(num_heads=5), r"config.model.num_heads=5: the inner width 432"),
+    (dict(attention_stages=(4,)), r"config.model.attention_stages=\(4,\): expected stage indices among the 4"),
+    (dict(attention_stages=(3,)), r"config.model.attention_stages=\(3,\): expected stages other than "
+                                  r"config.model.token_learner.location=-1"),
+    (dict(token_learner=dict(location=4)), r"config.model.token_learner.location=4"),
+    (dict(token_learner=dict(use_fuser=False)), r"config.model.token_learner.use_fuser=False: expected True"),
+    (dict(num_heads=5), r"config.model.num_heads=5: expected a divisor of the inner width 432"),
     (dict(widths=(24, 48)), r"config.model.widths=\(24, 48\) and config.model.depths"),
     (dict(token_learner=dict(version="v2")), r"config.model.token_learner.version='v2'"),
     (dict(token_learner=dict(num_tokens=0)), r"config.model.token_learner.num_tokens=0"),
     (dict(num_classes=-2), r"config.model.num_classes=-2"),
+    (dict(dropout_rate=1.0), r"config.model.dropout_rate=1.0"),
 ])
 def test_bad_config_values_name_the_field(overrides, message):
     with pytest.raises(ValueError, match=message):
         x2plus1d.build(_config(**overrides))
 
 
+@pytest.mark.parametrize("overrides, shape, message", [
+    (dict(), (32, 32, 3), r"config.dataset.num_frames=0: expected > 0"),
+    (dict(), (4, 36, 36, 3), r"config.dataset.image_size=36: expected a size whose map has even sides at "
+                             r"transformer stage 1 \(a multiple of 8\): its first block reads a 9x9 map"),
+    (dict(token_learner=dict(num_tokens=17)), (4, 32, 32, 3),
+     r"config.model.token_learner.num_tokens=17: expected at most the 16 positions per frame of stage 1"),
+    (dict(token_learner=dict(enabled=False), attention_stages=(0,)), (4, 38, 38, 3),
+     r"config.dataset.image_size=38: expected a size whose map has even sides at transformer stage 0 \(a "
+     r"multiple of 4\): its first block reads a 19x19 map"),
+])
+def test_inputs_that_do_not_fit_name_the_field(overrides, shape, message):
+    """models.validate builds the model and calls its check_input on one example's shape."""
+    config = _tiny(**overrides)
+    with pytest.raises(ValueError, match=message):
+        models.validate(config, shape)
+    models.validate(config, (4, 48, 48, 3))  # 24 -> 12 -> 6: both stages' first blocks read even maps
+
+
 def test_default_config_is_the_papers_model():
+    """TokenLearner (8 tokens per frame) -> transformer -> TokenFuser in every block of X(2+1)D-M's last
+    stage, from the section every backbone shares."""
     config = x2plus1d.default_config()
     assert config["name"] == "x2plus1d" and config["num_classes"] == 157
+    assert set(config["token_learner"]) == set(token_learner_lib.default_config())
     model = x2plus1d.build(ml_collections.ConfigDict(config))
-    assert model.transformer_stages == (3,) and model.token_learner == x2plus1d.TokenSpec(8, "v1.1", 64)
+    assert model.token_learner == TokenLearnerSpec(location=3, num_tokens=8, version="v1.1", use_fuser=True)
+    assert model.transformer_stages() == {3: model.token_learner} and model.attention_stages == ()
     assert (model.widths, model.depths, model.num_heads) == ((24, 48, 96, 192), (3, 5, 11, 7), 8)
+    # A variant override brings the variant's values for every field left at -1 / ().
+    config["variant"] = "tiny"
+    tiny = x2plus1d.build(ml_collections.ConfigDict(config))
+    assert (tiny.widths, tiny.depths, tiny.num_heads, tiny.head_width, tiny.token_learner.location) == \
+        ((8, 16, 32), (1, 1, 2), 4, 64, 2)

@@ -1,15 +1,17 @@
 """X(2+1)D with TokenLearner, a transformer over the learned tokens and TokenFuser: the TokenLearner
-paper's network for Charades and AViD (arXiv 2106.11297, "TokenLearner with Bottleneck Transformer").
+paper's network for Charades and AViD (arXiv 2106.11297, section "TokenLearner with Bottleneck
+Transformer").
 
-The paper's design, as a summary of its text describes it (the paper itself could not be read where this
-was written): an X3D backbone (Feichtenhofer, CVPR 2020) whose
-channel-wise 3D convolutions are factorised into a 2D spatial and a 1D temporal convolution
-("X(2+1)D"), turned into a video Bottleneck Transformer (Srinivas et al., CVPR 2021): in the residual
-blocks of the last stage the 2D spatial convolution is replaced by TokenLearner -> transformer ->
-TokenFuser. TokenLearner learns 8 tokens per frame from the 8x8 feature map, the transformer relates the
-T x 8 tokens of the whole clip (512 at 64 frames, instead of 8 x 8 x 64 = 4,096 positions), and
-TokenFuser maps them back to every position of every frame; the 1D temporal convolution of the block
-follows. 64 frames, 224x224 in training and 256x256 in testing.
+What the paper says (its video sections could not be read where this was written; this is from a
+detailed review of the paper that quotes its section on this network, and from its abstract): an X3D
+backbone (Feichtenhofer, CVPR 2020) whose channel-wise 3D convolutions are factorised into a 2D spatial
+and a 1D temporal convolution ("X(2+1)D"), turned into a video Bottleneck Transformer (Srinivas et al.,
+CVPR 2021): the 2D spatial convolution of the residual blocks is replaced by TokenLearner -> transformer
+-> TokenFuser, followed by the block's 1D temporal convolution. TokenLearner's spatial attention is a 2D
+convolution; the transformer is a "vector transformer" rather than multi-head self-attention. Clips of
+64 frames, 224 x 224 in training and 256 x 256 in testing; TokenLearner runs on the 8 x 8 maps of each
+of the 64 frames (stride 32 at 256) and learns 8 tokens per frame, so the transformer relates 64 x 8 =
+512 tokens instead of 8 x 8 x 64 = 4,096 positions. Charades at 6 and 12 fps: 66.3 mAP.
 
 Layout (`[batch, frames, height, width, channels]` throughout; no temporal downsampling):
 - stem: conv 1x3x3 stride (1, 2, 2) (no bias) -> channel-wise conv 5x1x1 -> BN -> ReLU (X3D's stem);
@@ -19,28 +21,32 @@ Layout (`[batch, frames, height, width, channels]` throughout; no temporal downs
     channel-wise 3x1x1 conv -> BN -> squeeze-excite (every other block, from the first) -> swish ->
     1x1x1 conv to `width` -> BN (scale zero-initialised) -> + shortcut (1x1x1 conv stride + BN when the
     shape changes) -> ReLU;
-  a transformer block (the stages in `transformer_stages`) replaces the 1x3x3 conv (and the
-  squeeze-excite) with the space-time transformer unit below, then a 2x2 average pool where the block
-  strides (as Bottleneck Transformers do after their attention: a stage's first block runs its unit on
-  the previous stage's map, 14x14 at 224 input, the others on the stage's own, 7x7);
+  in a transformer stage every block replaces the 1x3x3 conv (and the squeeze-excite) with the
+  space-time transformer unit below, then a 2x2 average pool where the block strides (as Bottleneck
+  Transformers do after their attention: a stage's first block runs its unit on the previous stage's
+  map, 14x14 at 224 input, the others on the stage's own, 7x7);
 - head (X3D's): 1x1x1 conv to `head_width` -> BN -> ReLU -> mean over time and space -> Dense
   `fc_width` (no bias) -> ReLU -> dropout -> Dense `num_classes`.
 
-Space-time transformer unit on `[batch, T, h, w, inner]`:
-- with TokenLearner: per frame, TokenLearner turns the h x w positions into `num_tokens` tokens; the
-  `transformer_depth` encoder blocks (layers/transformer.EncoderBlock) run over the T x num_tokens tokens
-  of the clip together; TokenFuser (per frame) maps them back to the h x w positions; the result is
-  added to the unit's input. TokenFuser's token-mixing Dense is zero-initialised, so the unit starts as
-  the identity and the block as a (1x1x1, 3x1x1, 1x1x1) conv block.
-- without TokenLearner (`token_learner.enabled=False`): the encoder blocks run over all T x h x w
-  positions (a video Bottleneck Transformer; the paper's 4,096-token comparison).
+Transformer stages (`config.model`):
+- `token_learner` (the section every backbone shares, layers/token_learner.py; on by default): the blocks
+  of stage `location` (0-based, -1 the last) run, per frame, TokenLearner on the h x w positions ->
+  `num_tokens` tokens; `transformer_depth` encoder blocks (layers/transformer.EncoderBlock) over the
+  T x num_tokens tokens of the whole clip; TokenFuser per frame back to the h x w positions, added to
+  the unit's input (layers/token_learner.learned_tokens). TokenFuser's token-mixing Dense is
+  zero-initialised, so the unit starts as the identity and the block as a (1x1x1, 3x1x1, 1x1x1) conv
+  block. `use_fuser` must stay True: the unit sits inside a residual block and must give back every
+  position.
+- `attention_stages`: stages whose blocks run the encoder blocks over all T x h x w positions instead
+  (a video Bottleneck Transformer without TokenLearner; the paper's 4,096-token comparison).
+With `token_learner.enabled=False` and no `attention_stages` the network is the plain X(2+1)D.
 
-Where the paper is silent or unavailable here, the choices are: the transformer is the shared pre-norm
-encoder block (multi-head attention + MLP, `mlp_ratio` 4) where the paper uses a "vector transformer";
-TokenLearner v1.1 by default (the paper's video model computes the attention maps with a 2D conv,
-closest to v1.0, which is selectable); no position embedding on the tokens (order in time reaches the
-block through the temporal convolutions); no norm between the 1x3x3 and 3x1x1 convs; every block of the
-last stage is a transformer block (as in Bottleneck Transformers).
+Our choices where the paper is silent or could not be read: the transformer is the shared pre-norm
+encoder block (multi-head attention + MLP, `mlp_ratio` 4), not a vector transformer; the configs of the
+paper's model use TokenLearner v1.0 (sigmoid maps from 3x3 convolutions, the closest to "a 2D
+convolution"; v1.1 is the layer's default); no position embedding on the tokens (order in time reaches
+them through the temporal convolutions); no norm between the 1x3x3 and 3x1x1 convs; every block of the
+last stage is a transformer block (as in Bottleneck Transformers); X3D-M's widths and depths.
 
 BatchNorm statistics are the 'batch_stats' collection (updated in train mode with
 `mutable=['batch_stats']`, frozen in eval mode).
@@ -54,16 +60,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tokenlearner_jax.layers import token_learner as token_learner_lib
 from tokenlearner_jax.layers.partitioning import constrain_batch, param_with_axes
-from tokenlearner_jax.layers.token_learner import VERSIONS, TokenFuser, make_token_learner
+from tokenlearner_jax.layers.token_learner import TokenLearnerSpec
 from tokenlearner_jax.layers.transformer import EncoderBlock
 from tokenlearner_jax.models import flops
-from tokenlearner_jax.models.registry import register
+from tokenlearner_jax.models.registry import check, check_common, register
 
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-    """Backbone sizes, and the transformer's defaults for them."""
+    """Backbone sizes, and the transformer's heads for them."""
 
     stem_width: int
     widths: tuple[int, ...]
@@ -72,47 +79,39 @@ class Variant:
     head_width: int
     fc_width: int
     num_heads: int
-    num_tokens: int
 
 
 VARIANTS = {
     # X3D-M's widths and depths (X3D-S is X3D-M on shorter, smaller clips; X3D-L is deeper).
-    "M": Variant(24, (24, 48, 96, 192), (3, 5, 11, 7), 2.25, 432, 2048, num_heads=8, num_tokens=8),
-    "L": Variant(24, (24, 48, 96, 192), (5, 10, 25, 15), 2.25, 432, 2048, num_heads=8, num_tokens=8),
+    "M": Variant(24, (24, 48, 96, 192), (3, 5, 11, 7), 2.25, 432, 2048, num_heads=8),
+    "L": Variant(24, (24, 48, 96, 192), (5, 10, 25, 15), 2.25, 432, 2048, num_heads=8),
     # For the bundled 64x64 clips: three stages (total stride 16, a 4x4 map in the last stage).
-    "tiny": Variant(8, (8, 16, 32), (1, 1, 2), 2.0, 64, 128, num_heads=4, num_tokens=4),
+    "tiny": Variant(8, (8, 16, 32), (1, 1, 2), 2.0, 64, 128, num_heads=4),
 }
 _CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 def default_config() -> dict:
-    """Every field of `config.model` for 'x2plus1d'; -1 and empty tuples take the variant's value."""
+    """Every field of `config.model` for 'x2plus1d'; -1 and empty tuples take the variant's value. The
+    default is the paper's Charades model: TokenLearner (8 tokens per frame) -> transformer -> TokenFuser
+    in every block of the last stage."""
     return dict(
         name="x2plus1d",
         variant="M",
         num_classes=157,
         stem_width=-1, widths=(), depths=(), expansion=-1.0, head_width=-1, fc_width=-1,
         se_ratio=0.0625,
-        transformer_stages=(-1,),  # stage indices (negative from the end); () for the plain X(2+1)D
+        attention_stages=(),  # stages (negative from the end) with attention over every position
         num_heads=-1,
-        mlp_ratio=4,
+        mlp_ratio=4.0,
         transformer_depth=1,
         dropout_rate=0.5,
         bn_momentum=0.9,  # weight of the old running statistics (torch's momentum 0.1)
         bn_epsilon=1e-5,
         head_bias_init=0.0,
         dtype="float32",
-        token_learner=dict(enabled=True, num_tokens=-1, version="v1.1", bottleneck_dim=64),
+        token_learner=dict(token_learner_lib.default_config(location=-1), enabled=True, use_fuser=True),
     )
-
-
-@dataclasses.dataclass(frozen=True)
-class TokenSpec:
-    """TokenLearner / TokenFuser settings of the space-time transformer unit."""
-
-    num_tokens: int
-    version: str = "v1.1"
-    bottleneck_dim: int = 64
 
 
 def pointwise(features: int, name: str, dtype, axes: tuple[str | None, str | None] = ("embed", "mlp")):
@@ -197,17 +196,18 @@ class SqueezeExcite(nn.Module):
 
 class SpaceTimeTransformer(nn.Module):
     """TokenLearner per frame -> encoder blocks over the clip's tokens -> TokenFuser per frame -> + input;
-    without a token spec, encoder blocks over every position of the clip (module docstring).
+    without a TokenLearner spec, encoder blocks over every position of the clip (module docstring).
 
     Attributes:
       num_heads, mlp_dim, depth: the encoder blocks.
-      token_learner: TokenLearner / TokenFuser settings, or None for attention over all positions.
+      token_learner: the parsed `config.model.token_learner` (with the fuser), or None for attention over
+        all positions.
     """
 
     num_heads: int
     mlp_dim: int
     depth: int = 1
-    token_learner: TokenSpec | None = None
+    token_learner: TokenLearnerSpec | None = None
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -215,7 +215,6 @@ class SpaceTimeTransformer(nn.Module):
         """x: `[batch, T, h, w, channels]` -> the same shape. The learned tokens' attention maps are sown
         by TokenLearner as 'token_attention' `[batch * T, num_tokens, h * w]`."""
         batch, frames, height, width, channels = x.shape
-        spec = self.token_learner
 
         def encode(tokens):
             for i in range(self.depth):
@@ -223,17 +222,15 @@ class SpaceTimeTransformer(nn.Module):
                                       name=f"encoderblock_{i}")(tokens, train=train)
             return tokens
 
-        if spec is None:
+        if self.token_learner is None:
             return encode(x.reshape(batch, frames * height * width, channels)).reshape(x.shape)
+
+        def run(tokens):  # [batch * T, num_tokens, channels]: one sequence per clip
+            return encode(tokens.reshape(batch, -1, channels)).reshape(tokens.shape)
+
         per_frame = x.reshape(batch * frames, height, width, channels)
-        learner = make_token_learner(spec.version, spec.num_tokens, bottleneck_dim=spec.bottleneck_dim,
-                                     dtype=self.dtype, name="token_learner")
-        tokens = learner(per_frame, train=train)  # [batch * T, num_tokens, channels]
-        tokens = encode(tokens.reshape(batch, frames * spec.num_tokens, channels))
-        fused = TokenFuser(spec.bottleneck_dim, dtype=self.dtype, name="token_fuser")(
-            tokens.reshape(batch * frames, spec.num_tokens, channels),
-            per_frame.reshape(batch * frames, height * width, channels), train=train)
-        return x + fused.reshape(x.shape).astype(x.dtype)
+        out = token_learner_lib.learned_tokens(self.token_learner, per_frame, run, train=train, dtype=self.dtype)
+        return out.reshape(x.shape)
 
 
 class Block(nn.Module):
@@ -293,8 +290,9 @@ class X2Plus1D(nn.Module):
       num_classes: logits size; 0 returns the pre-logit features `[batch, fc_width]` instead.
       stem_width, widths, depths, expansion, head_width, fc_width: the backbone (VARIANTS).
       se_ratio: squeeze-excite width = round_width(se_ratio * inner), every other conv block.
-      transformer_stages: non-negative indices of the stages made of transformer blocks.
-      token_learner: the transformer runs on learned tokens (TokenSpec), or over every position (None).
+      attention_stages: non-negative indices of the stages whose blocks attend over every position.
+      token_learner: the parsed `config.model.token_learner`: the blocks of stage `location` run on
+        learned tokens; or None.
       num_heads, mlp_ratio, transformer_depth: the encoder blocks of each transformer unit.
       dropout_rate: before the classifier.
       head_bias_init: initial classifier bias (e.g. -log(num_classes) for a sigmoid loss).
@@ -308,8 +306,8 @@ class X2Plus1D(nn.Module):
     head_width: int
     fc_width: int
     se_ratio: float = 0.0625
-    transformer_stages: tuple[int, ...] = ()
-    token_learner: TokenSpec | None = None
+    attention_stages: tuple[int, ...] = ()
+    token_learner: TokenLearnerSpec | None = None
     num_heads: int = 8
     mlp_ratio: float = 4
     transformer_depth: int = 1
@@ -318,6 +316,46 @@ class X2Plus1D(nn.Module):
     bn_epsilon: float = 1e-5
     head_bias_init: float = 0.0
     dtype: jnp.dtype = jnp.float32
+
+    def transformer_stages(self) -> dict[int, TokenLearnerSpec | None]:
+        """{stage: its TokenLearner spec, or None for attention over every position} of the stages whose
+        blocks run the space-time transformer unit."""
+        stages = {stage: None for stage in self.attention_stages}
+        if self.token_learner is not None:
+            stages[self.token_learner.location] = self.token_learner
+        return stages
+
+    def stage_maps(self, height: int, width: int) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+        """[(the map a stage's first block reads, the stage's own map)] per stage, (height, width) each,
+        for frames of height x width: the stem and every stage's first block halve the sides (rounding
+        up)."""
+        maps, side = [], (-(-height // 2), -(-width // 2))
+        for _ in self.widths:
+            out = (-(-side[0] // 2), -(-side[1] // 2))
+            maps.append((side, out))
+            side = out
+        return maps
+
+    def check_input(self, input_shape):
+        """Raises ValueError naming the config field when clips of `input_shape` (frames, height, width,
+        channels) do not fit: images instead of clips, a transformer stage whose first block reads a map
+        of odd side (its 2x2 average pooling would not match the strided shortcut), or more learned tokens
+        than the positions per frame of the TokenLearner stage."""
+        if len(input_shape) != 4:
+            raise ValueError("config.dataset.num_frames=0: expected > 0 (x2plus1d takes clips [frames, height, "
+                             "width, 3])")
+        _, height, width, _ = input_shape
+        maps = self.stage_maps(height, width)
+        for stage, spec in sorted(self.transformer_stages().items()):
+            (in_h, in_w), (out_h, out_w) = maps[stage]
+            if in_h % 2 or in_w % 2:
+                raise ValueError(f"config.dataset.image_size={width}: expected a size whose map has even sides at "
+                                 f"transformer stage {stage} (a multiple of {2 ** (stage + 2)}): its first block reads "
+                                 f"a {in_h}x{in_w} map and halves it by 2x2 average pooling")
+            if spec is not None and spec.num_tokens > out_h * out_w:
+                raise ValueError(f"config.model.token_learner.num_tokens={spec.num_tokens}: expected at most the "
+                                 f"{out_h * out_w} positions per frame of stage {stage} ({out_h}x{out_w} at "
+                                 f"config.dataset.image_size={width})")
 
     @nn.compact
     def __call__(self, videos, *, train: bool = False):
@@ -334,12 +372,13 @@ class X2Plus1D(nn.Module):
         x = x.reshape(batch, frames, *x.shape[1:])
         x = ChannelwiseConv((5, 1, 1), channel_axis="embed", dtype=self.dtype, name="stem_temporal")(x)
         x = nn.relu(norm("stem_norm")(x))
+        transformer_stages = self.transformer_stages()
         for stage, (width, depth) in enumerate(zip(self.widths, self.depths)):
             inner = int(self.expansion * width)
             transformer = None
-            if stage in self.transformer_stages:
+            if stage in transformer_stages:
                 transformer = dict(num_heads=self.num_heads, mlp_dim=int(self.mlp_ratio * inner),
-                                   depth=self.transformer_depth, token_learner=self.token_learner)
+                                   depth=self.transformer_depth, token_learner=transformer_stages[stage])
             for i in range(depth):
                 x = Block(width, inner, stride=2 if i == 0 else 1,
                           se_width=round_width(self.se_ratio * inner) if self.se_ratio and i % 2 == 0 else 0,
@@ -365,40 +404,39 @@ def _or_variant(value, default):
 
 @register("x2plus1d", default_config)
 def build(config) -> X2Plus1D:
-    """Builds X2Plus1D from `config.model` (fields: default_config()); ValueError naming the field."""
-    if config.variant not in VARIANTS:
-        raise ValueError(f"config.model.variant={config.variant!r}: expected one of {sorted(VARIANTS)}")
+    """Builds X2Plus1D from `config.model` (fields: default_config()), the variant's values where a field is
+    -1 or empty; ValueError naming the field."""
+    check(config.variant in VARIANTS, "variant", config.variant, f"one of {sorted(VARIANTS)}")
+    check_common(config)
     variant = VARIANTS[config.variant]
     widths = tuple(_or_variant(tuple(config.widths), variant.widths))
     depths = tuple(_or_variant(tuple(config.depths), variant.depths))
     if len(widths) != len(depths) or not all(n > 0 for n in widths + depths):
         raise ValueError(f"config.model.widths={widths} and config.model.depths={depths}: expected positive values, "
                          f"one of each per stage")
-    stages = []
-    for stage in config.transformer_stages:
-        if not -len(depths) <= stage < len(depths):
-            raise ValueError(f"config.model.transformer_stages={tuple(config.transformer_stages)}: stage {stage} is "
-                             f"not among the {len(depths)} stages")
-        stages.append(stage % len(depths))
+    spec = token_learner_lib.parse_spec(config.token_learner, num_locations=len(depths), what="stage")
+    check(spec is None or spec.use_fuser, "token_learner.use_fuser", config.token_learner.use_fuser,
+          "True for x2plus1d (the learned tokens stand in for a convolution inside residual blocks, so TokenFuser "
+          "must map them back to every position)")
+    attention_stages = []
+    for stage in config.attention_stages:
+        check(-len(depths) <= stage < len(depths), "attention_stages", tuple(config.attention_stages),
+              f"stage indices among the {len(depths)} stages (negative from the end)")
+        stage %= len(depths)
+        check(spec is None or stage != spec.location, "attention_stages", tuple(config.attention_stages),
+              f"stages other than config.model.token_learner.location={config.token_learner.location} (stage "
+              f"{stage} cannot both attend over every position and learn tokens)")
+        attention_stages.append(stage)
     expansion = _or_variant(config.expansion, variant.expansion)
     num_heads = _or_variant(config.num_heads, variant.num_heads)
-    for stage in stages:
+    stages = set(attention_stages) | ({spec.location} if spec else set())
+    for stage in sorted(stages):
         inner = int(expansion * widths[stage])
-        if inner % num_heads:
-            raise ValueError(f"config.model.num_heads={num_heads}: the inner width {inner} of stage {stage} is not "
-                             f"divisible by it")
-    tl = config.token_learner
-    spec = None
-    if tl.enabled:
-        spec = TokenSpec(_or_variant(tl.num_tokens, variant.num_tokens), tl.version, tl.bottleneck_dim)
-        if spec.num_tokens <= 0:
-            raise ValueError(f"config.model.token_learner.num_tokens={tl.num_tokens}: expected > 0")
-        if spec.version not in VERSIONS:
-            raise ValueError(f"config.model.token_learner.version={tl.version!r}: expected one of {VERSIONS}")
-    if config.num_classes < 0:
-        raise ValueError(f"config.model.num_classes={config.num_classes}: expected >= 0")
-    if config.transformer_depth < 1 and stages:
-        raise ValueError(f"config.model.transformer_depth={config.transformer_depth}: expected >= 1")
+        check(inner % num_heads == 0, "num_heads", num_heads,
+              f"a divisor of the inner width {inner} of transformer stage {stage}")
+    check(config.num_classes >= 0, "num_classes", config.num_classes, ">= 0 (0: the pre-logit features)")
+    check(config.transformer_depth >= 1 or not stages, "transformer_depth", config.transformer_depth, ">= 1")
+    check(config.mlp_ratio > 0, "mlp_ratio", config.mlp_ratio, "> 0")
     return X2Plus1D(
         num_classes=config.num_classes,
         stem_width=_or_variant(config.stem_width, variant.stem_width),
@@ -406,7 +444,7 @@ def build(config) -> X2Plus1D:
         head_width=_or_variant(config.head_width, variant.head_width),
         fc_width=_or_variant(config.fc_width, variant.fc_width),
         se_ratio=config.se_ratio,
-        transformer_stages=tuple(sorted(set(stages))),
+        attention_stages=tuple(sorted(set(attention_stages))),
         token_learner=spec,
         num_heads=num_heads,
         mlp_ratio=config.mlp_ratio,

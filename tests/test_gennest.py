@@ -49,7 +49,8 @@ def test_gennest_parameter_counts_match_the_closed_form(variant):
     print(f"gennest {variant}: {count / 1e6:.2f}M parameters, {model.image_size}x{model.image_size} images")
 
 
-@pytest.mark.parametrize("gennest_variant,sagan_variant,tolerance", [("imagenet64", "64", 0.05), ("tiny", "tiny", 0.1)])
+@pytest.mark.parametrize("gennest_variant,sagan_variant,tolerance", [("imagenet64", "64", 0.05), ("tiny", "tiny", 0.1),
+                                                                   ("digits", "digits", 0.05)])
 def test_the_sagan_baseline_has_about_the_parameters_of_gennest(gennest_variant, sagan_variant, tolerance):
     g = gennest.build_gennest(config_of(gennest, gennest_variant))
     s = sagan_generator.build_sagan_generator(config_of(sagan_generator, sagan_variant))

@@ -1,8 +1,11 @@
-"""Pictures of a run: what each learned token attends to, and the training / eval curves.
+"""Pictures of a run: what each learned token attends to, the training / eval curves, NesT's GradCAT
+paths and class maps, and a GAN's samples.
 
   python -m tokenlearner_jax.visualize attention --workdir=W [--config=C] [--num_images=4] [--output=DIR]
   python -m tokenlearner_jax.visualize curves --workdir=W [--output=DIR]
   python -m tokenlearner_jax.visualize class_attention --workdir=W [--config=C] [--num_images=4] [--output=DIR]
+  python -m tokenlearner_jax.visualize gradcat --workdir=W [--config=C] [--num_images=4] [--class=C] [--output=DIR]
+  python -m tokenlearner_jax.visualize samples --workdir=W [--num_images=64] [--seed=0] [--output=DIR]
 
 `attention` restores the latest checkpoint of W, runs the model on the first `num_images` images of
 the eval split and draws, for every TokenLearner of the model, one row per image: the image, then the
@@ -15,7 +18,13 @@ eval loss, and accuracy, against the step. `class_attention` draws class-activat
 models with a linear head after global average pooling that sow their normalised last feature map
 (NesT): for each image, the image and the map of the predicted class over it, `feature_map @
 head/kernel + head/bias` at every position (its mean over positions is that class's logit), upsampled
-from the top-level grid; titles give the true and predicted class. PNGs go to DIR (default W/pictures).
+from the top-level grid; titles give the true and predicted class. `gradcat` traces NesT's GradCAT path
+(evaluate/gradcat.py) for the predicted class, or for class C with --class=C: per image, the image with the
+path drawn as nested boxes labelled with each level's score, titled with the true, predicted and traced
+class, and beside it the CAM of the traced class; it reads the model variables only (a training workdir or
+the output of `tokenlearner_jax.convert`), so any NesT checkpoint works, on the first images of the
+config's eval split. `samples` draws a grid of the EMA generator's images of a gan run (tasks/gan.py)
+from latents of --seed. PNGs go to DIR (default W/pictures).
 """
 
 import os
@@ -32,7 +41,7 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-COMMANDS = ("attention", "curves", "class_attention")
+COMMANDS = ("attention", "curves", "class_attention", "gradcat", "samples")
 
 
 def config_from_workdir(workdir: str) -> ml_collections.ConfigDict:
@@ -128,9 +137,126 @@ def class_activation_maps(config, workdir: str, num_images: int) -> dict:
     if feature_map.shape[1] * width != feature_map.shape[2] * height:
         raise ValueError(f"the last grid of the model of {workdir} is {feature_map.shape[1]}x{feature_map.shape[2]}, "
                          f"not a grid over the {height}x{width} image (learned tokens without the fuser?)")
-    logits = np.einsum("nhwc,ck->nhwk", feature_map, np.asarray(head["kernel"])) + np.asarray(head["bias"])
-    result["cams"] = np.take_along_axis(logits, result["predictions"][:, None, None, None], -1)[..., 0]
+    from tokenlearner_jax.evaluate import gradcat
+
+    result["cams"] = gradcat.class_activation_maps(feature_map, head["kernel"], head["bias"], result["predictions"])
     return result
+
+
+def gradcat_paths(config, workdir: str, num_images: int, target=None, objective: str = "logit",
+                  child_scores: str = "parent") -> dict:
+    """GradCAT on the first `num_images` eval images with the latest model variables of `workdir`.
+
+    Returns dict(step, images=float32 [n, h, w, 3] in [0, 1], labels [n], predictions [n], paths=[Traversal]
+    (of class `target`, or of each prediction), cams=float64 [n, rows, cols] (CAM of the traced class))."""
+    import jax
+
+    from tokenlearner_jax import data, models
+    from tokenlearner_jax.evaluate import gradcat
+    from tokenlearner_jax.train import trainer
+    from tokenlearner_jax.weights import init_from
+
+    trainer.validate(config)
+    if config.task != "classification":
+        raise ValueError(f"visualize gradcat: {workdir} is a {config.task!r} run; expected a NesT classifier")
+    if target is not None and not 0 <= target < config.model.num_classes:
+        raise ValueError(f"--class={target}: expected a class in [0, {config.model.num_classes})")
+    model = models.build(config.model)
+    variables, step = init_from.restore_variables(workdir)
+    batch = next(iter(data.eval_batches(config.dataset, global_batch_size=num_images)))
+    images = np.asarray(batch["image"])
+    targets = None if target is None else np.full(len(images), target, np.int32)
+    logits, paths = gradcat.gradcat(model, variables, images, targets, objective=objective, child_scores=child_scores)
+    _, state = jax.jit(lambda v, x: model.apply(v, x, train=False, mutable=["intermediates"]))(variables, images)
+    feature_map = np.asarray(state["intermediates"]["feature_map"][0])
+    head = variables["params"]["head"]
+    cams = gradcat.class_activation_maps(feature_map, head["kernel"], head["bias"], [p.target for p in paths])
+    labels = np.asarray(batch["label"])
+    return dict(step=step, images=display_images(images, config.dataset.normalize),
+                labels=labels if labels.ndim == 1 else labels.argmax(-1), predictions=logits.argmax(-1),
+                paths=paths, cams=cams)
+
+
+def plot_gradcat(result: dict, title: str, path: str) -> None:
+    """Two panels per image (up to two images a row): the image with its GradCAT path, then the CAM of the
+    traced class overlaid (scaled from its minimum to its maximum)."""
+    from tokenlearner_jax.evaluate import gradcat
+
+    images, cams = result["images"], result["cams"]
+    num_images = len(images)
+    per_row = min(num_images, 2)
+    rows = -(-num_images // per_row)
+    height, width = images.shape[1:3]
+    fig, axes = plt.subplots(rows, 2 * per_row, squeeze=False, figsize=(2.6 * 2 * per_row, 2.8 * rows + 0.4))
+    for i, traversal in enumerate(result["paths"]):
+        path_ax, cam_ax = axes[i // per_row, 2 * (i % per_row)], axes[i // per_row, 2 * (i % per_row) + 1]
+        gradcat.draw_traversal(path_ax, images[i], traversal, f"true {result['labels'][i]}, pred "
+                               f"{result['predictions'][i]}, traced {traversal.target}")
+        cam_ax.imshow(images[i].mean(-1), cmap="gray", interpolation="nearest")
+        cam = cams[i] - cams[i].min()
+        cam_ax.imshow(cam / max(float(cam.max()), 1e-12), cmap="jet", alpha=0.5, vmin=0.0, vmax=1.0,
+                      interpolation="bilinear", extent=(-0.5, width - 0.5, height - 0.5, -0.5))
+        cam_ax.set_title(f"CAM of class {traversal.target}", fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if not ax.images:
+            ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def gradcat_picture(result: dict, workdir: str, output: str) -> str:
+    os.makedirs(output, exist_ok=True)
+    path = os.path.join(output, "gradcat.png")
+    levels = len(result["paths"][0].levels)
+    title = (f"{os.path.basename(os.path.abspath(workdir))}, step {result['step']}: GradCAT paths over {levels} "
+             f"levels (box labels: level, score) and class-activation maps")
+    plot_gradcat(result, title, path)
+    return path
+
+
+def sample_grid(images: np.ndarray, columns: int) -> np.ndarray:
+    """float `[n, h, w, 3]` -> one picture `[rows * (h + 1) - 1, columns * (w + 1) - 1, 3]` with the images
+    in row-major order, separated by one-pixel white lines (missing cells stay white)."""
+    n, h, w, c = images.shape
+    rows = -(-n // columns)
+    grid = np.ones((rows * (h + 1) - 1, columns * (w + 1) - 1, c), images.dtype)
+    for i, image in enumerate(images):
+        r, col = divmod(i, columns)
+        grid[r * (h + 1):r * (h + 1) + h, col * (w + 1):col * (w + 1) + w] = image
+    return grid
+
+
+def generator_samples(workdir: str, num_images: int, seed: int = 0) -> dict:
+    """dict(step, images=float32 [n, h, w, 3] in [0, 1]): the EMA generator of the gan run in `workdir` on
+    `num_images` latents drawn from N(0, I) with key `seed`."""
+    import jax
+
+    from tokenlearner_jax.tasks import gan
+
+    generator, variables, step = gan.restore_generator(workdir)
+    latents = jax.random.normal(jax.random.key(seed), (num_images, generator.latent_dim))
+    images = jax.jit(lambda v, z: generator.apply(v, z, train=False))(variables, latents)
+    return dict(step=step, images=np.clip((np.asarray(images, np.float32) + 1.0) / 2.0, 0.0, 1.0))
+
+
+def samples_picture(result: dict, workdir: str, output: str, name: str = "samples.png") -> str:
+    os.makedirs(output, exist_ok=True)
+    path = os.path.join(output, name)
+    images = result["images"]
+    grid = sample_grid(images, int(np.ceil(np.sqrt(len(images)))))
+    scale = max(1, 256 // grid.shape[0])  # small images are drawn large enough to see
+    fig, ax = plt.subplots(figsize=(6, 6 * grid.shape[0] / grid.shape[1] + 0.4))
+    ax.imshow(np.kron(grid, np.ones((scale, scale, 1))), interpolation="nearest")
+    ax.set_title(f"{os.path.basename(os.path.abspath(workdir))}: EMA generator, step {result['step']}", fontsize=9)
+    ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def plot_attention(images: np.ndarray, maps: np.ndarray, labels, predictions, title: str, path: str) -> None:
@@ -262,6 +388,13 @@ def main(argv):
         config = FLAGS.config if FLAGS.config is not None else config_from_workdir(FLAGS.workdir)
         result = class_activation_maps(config, FLAGS.workdir, FLAGS.num_images)
         paths = [class_attention_picture(result, FLAGS.workdir, output)]
+    elif argv[1] == "gradcat":
+        config = FLAGS.config if FLAGS.config is not None else config_from_workdir(FLAGS.workdir)
+        result = gradcat_paths(config, FLAGS.workdir, FLAGS.num_images, target=FLAGS["class"].value)
+        paths = [gradcat_picture(result, FLAGS.workdir, output)]
+    elif argv[1] == "samples":
+        count = FLAGS.num_images if FLAGS["num_images"].present else 64
+        paths = [samples_picture(generator_samples(FLAGS.workdir, count, FLAGS.seed), FLAGS.workdir, output)]
     else:
         paths = [curve_picture(FLAGS.workdir, output)]
     for path in paths:
@@ -274,7 +407,10 @@ def define_flags():
     beside other tools does not define the same flag names twice)."""
     config_flags.DEFINE_config_file("config", None, "configs/X.py[:arg]; default: the workdir's config.json.")
     flags.DEFINE_string("workdir", None, "A training workdir (checkpoints/, metrics.jsonl, config.json).")
-    flags.DEFINE_integer("num_images", 4, "attention, class_attention: images from the start of the eval split.")
+    flags.DEFINE_integer("num_images", 4, "attention, class_attention, gradcat: images from the start of the eval "
+                         "split; samples: generated images (default 64).")
+    flags.DEFINE_integer("class", None, "gradcat: the class to trace (default: each image's predicted class).")
+    flags.DEFINE_integer("seed", 0, "samples: key of the latents.")
     flags.DEFINE_string("output", "", "Directory for the PNGs (default: WORKDIR/pictures).")
     flags.mark_flags_as_required(["workdir"])
 

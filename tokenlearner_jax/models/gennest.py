@@ -20,7 +20,8 @@ shuffle of `patch_size`, and every size of the variants. (The paper's full text 
 was written; the description above is its summary, as in the NesT blog post.) The variants '*64' make
 64x64 images (ImageNet 64x64, CelebA 64x64); their widths are chosen so that 'imagenet64' has about the
 parameter count of the SAGAN-style generator of models/sagan_generator.py at its '64' variant (the
-comparison the paper makes); 'celeba64' is a smaller one. 'tiny' makes 32x32 images for CPU runs.
+comparison the paper makes); 'celeba64' is a smaller one. 'tiny' makes 32x32 images and 'digits' 16x16
+ones (configs/gan_digits.py) for CPU runs, each about the size of the SAGAN-style variant of the same name.
 """
 
 from typing import Tuple
@@ -36,6 +37,7 @@ from tokenlearner_jax.models.registry import DTYPES, register
 
 # name -> (latent_dim, dims, heads, depths, block side S, patch size); image side = S * 2^(L-1) * patch.
 VARIANTS = {
+    "digits": (64, (64, 32, 32), (4, 2, 2), (1, 1, 1), 4, 1),
     "tiny": (64, (128, 64, 32), (4, 2, 1), (2, 1, 1), 4, 2),
     "celeba64": (128, (256, 128, 64), (4, 2, 1), (2, 2, 2), 8, 2),
     "imagenet64": (128, (512, 256, 128), (8, 4, 2), (2, 2, 2), 8, 2),
@@ -121,8 +123,8 @@ class GenNest(nn.Module):
 
 
 def default_config() -> dict:
-    """Every field of GenNesT's model section (`config.gan.generator`, tasks/gan.py). `variant` ('tiny',
-    'celeba64', 'imagenet64') sets latent_dim, dims, num_heads, depths, block_side and patch_size;
+    """Every field of GenNesT's model section (`config.gan.generator`, tasks/gan.py). `variant` ('digits',
+    'tiny', 'celeba64', 'imagenet64') sets latent_dim, dims, num_heads, depths, block_side and patch_size;
     non-empty tuples and positive values override it."""
     return dict(variant="tiny", latent_dim=-1, dims=(), num_heads=(), depths=(), block_side=-1, patch_size=-1,
                 mlp_ratio=4, dtype="float32")

@@ -26,6 +26,7 @@ from tokenlearner_jax.models.sagan_layers import SelfAttention, SNConv, SNDense,
 
 # name -> (channels, channel_multipliers, attention_resolution)
 VARIANTS = {
+    "digits": (24, (1, 2, 4), 8),
     "tiny": (32, (1, 2, 4, 4), 16),
     "64": (64, (1, 2, 4, 8, 16), 32),
 }
@@ -86,7 +87,7 @@ class SaganDiscriminator(nn.Module):
 
 def default_config() -> dict:
     """Every field of the SAGAN-style discriminator's model section (`config.gan.discriminator`,
-    tasks/gan.py). `variant` ('tiny' for 32x32 images, '64' for 64x64) sets channels,
+    tasks/gan.py). `variant` ('digits' for 16x16 images, 'tiny' for 32x32, '64' for 64x64) sets channels,
     channel_multipliers and attention_resolution; positive values and a non-empty tuple override it
     (attention_resolution 0: no self-attention)."""
     return dict(variant="tiny", channels=-1, channel_multipliers=(), attention_resolution=-1)

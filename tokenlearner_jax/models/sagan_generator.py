@@ -14,7 +14,8 @@ released code builds them, without class conditioning:
 Every convolution and dense layer is spectrally normalised (SAGAN normalises the generator too).
 BatchNorm uses the batch's statistics in training and its running averages (`bn_momentum`, weight of the
 old average) otherwise. The variants' widths are ours, chosen so that each has about the parameter count
-of the GenNesT variant it is compared with (models/gennest.py): '64' ~ 'imagenet64', 'tiny' ~ 'tiny'.
+of the GenNesT variant it is compared with (models/gennest.py): '64' ~ 'imagenet64', 'tiny' ~ 'tiny' (32x32),
+'digits' ~ 'digits' (16x16).
 """
 
 from typing import Tuple
@@ -27,6 +28,7 @@ from tokenlearner_jax.models.sagan_layers import SelfAttention, SNConv, SNDense,
 
 # name -> (latent_dim, channels, channel_multipliers, attention_resolution)
 VARIANTS = {
+    "digits": (64, 20, (4, 2), 8),
     "tiny": (64, 40, (4, 2, 1), 16),
     "64": (128, 48, (16, 8, 4, 2), 32),
 }
@@ -90,7 +92,7 @@ class SaganGenerator(nn.Module):
 
 def default_config() -> dict:
     """Every field of the SAGAN-style generator's model section (`config.gan.generator`, tasks/gan.py).
-    `variant` ('tiny': 32x32, '64': 64x64) sets latent_dim, channels, channel_multipliers and
+    `variant` ('digits': 16x16, 'tiny': 32x32, '64': 64x64) sets latent_dim, channels, channel_multipliers and
     attention_resolution; positive values and a non-empty tuple override it (attention_resolution 0: no
     self-attention)."""
     return dict(variant="tiny", latent_dim=-1, channels=-1, channel_multipliers=(), attention_resolution=-1,

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 
 from tokenlearner_jax import data, models
 from tokenlearner_jax.evaluate import frechet
@@ -56,7 +57,7 @@ def default_config() -> dict:
     ema_decay, ema_dynamic_decay: the generator EMA (tasks/base.ema_update), which eval samples.
     fd: the Fréchet distance's features: network 'classifier' (path: the workdir of a classifier run) or
       'inception_v3' (path: a weights file; not implemented, see evaluate/frechet.py); seed of the eval
-      latents."""
+      latents; train_command: the command that makes `path`, quoted by the error when it is missing."""
     return dict(gan=dict(
         generator=dict(gennest.default_config(), name="gennest"),
         discriminator=dict(sagan_discriminator.default_config(), name="sagan_discriminator"),
@@ -65,7 +66,7 @@ def default_config() -> dict:
         discriminator_steps=1,
         ema_decay=0.999,
         ema_dynamic_decay=True,
-        fd=dict(network="classifier", path="", seed=0),
+        fd=dict(network="classifier", path="", seed=0, train_command=""),
     ))
 
 
@@ -104,16 +105,59 @@ def classifier_network(workdir: str) -> frechet.FeatureNetwork:
     return frechet.FeatureNetwork(name=name, dim=int(probe.shape[1]), apply=apply)
 
 
-def feature_network_from_config(fd_config) -> frechet.FeatureNetwork:
-    """The feature network of `config.gan.fd`."""
+def check_feature_source(fd_config) -> None:
+    """Raises a one-line error naming `config.gan.fd.path` (and quoting `fd.train_command`, if set) when
+    the files of the feature network are not there: checked before training, since the network is first
+    used by the first evaluation."""
     if fd_config.network not in frechet.NETWORKS:
         raise ValueError(f"config.gan.fd.network={fd_config.network!r}: expected one of {frechet.NETWORKS}")
-    if not fd_config.path:
-        wanted = "the workdir of a classifier run" if fd_config.network == "classifier" else "a weights file"
-        raise ValueError(f"config.gan.fd.path is empty: set it to {wanted}")
+    command = fd_config.get("train_command", "")
+    hint = f"; make it with: {command}" if command else ""
+    path = fd_config.path
+    if fd_config.network == "classifier":
+        if not path:
+            raise ValueError(f"config.gan.fd.path is empty: set it to the workdir of a classifier run{hint}")
+        if not (os.path.exists(os.path.join(path, "config.json")) and os.path.isdir(os.path.join(path, "checkpoints"))):
+            raise FileNotFoundError(f"config.gan.fd.path={path!r}: no config.json and checkpoints/ there; expected "
+                                    f"the workdir of a classification run{hint}")
+    elif not path or not os.path.isfile(path):
+        raise FileNotFoundError(f"config.gan.fd.path={path!r}: no such InceptionV3 weights file{hint}")
+
+
+def feature_network_from_config(fd_config) -> frechet.FeatureNetwork:
+    """The feature network of `config.gan.fd`."""
+    check_feature_source(fd_config)
     if fd_config.network == "classifier":
         return classifier_network(fd_config.path)
     return frechet.inception_network(fd_config.path)
+
+
+def restore_generator(workdir: str):
+    """(generator module, its EMA variables {'params': ..., other collections} as NumPy, step) of the
+    latest checkpoint of the gan run in `workdir` (its config.json names the generator); only the
+    generator's EMA and its other collections are read."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: expected the workdir of a gan run")
+    with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+    if saved.get("task") != "gan":
+        raise ValueError(f"{workdir} is a run of task {saved.get('task')!r}, not of 'gan'")
+    generator_config = models.config(saved["gan"]["generator"]["name"])
+    generator_config.update(saved["gan"]["generator"])
+    directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    with ocp.CheckpointManager(directory, item_names=("state",),
+                               item_handlers={"state": ocp.PyTreeCheckpointHandler()}) as manager:
+        step = manager.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {directory}")
+        tree = manager.item_metadata(step)["state"].tree
+        item = {"generator_ema": tree["generator_ema"], "generator_state": tree.get("generator_state") or {}}
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            item=item, restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item),
+            partial_restore=True)))["state"]
+    variables = {"params": restored["generator_ema"], **(restored.get("generator_state") or {})}
+    return models.build(generator_config), variables, step
 
 
 @flax.struct.dataclass
@@ -187,6 +231,8 @@ class GanTask(base.Task):
         self.discriminator_tx, self.discriminator_schedule = optimizer.make_optimizer(
             gan.discriminator_optimizer, total_steps * gan.discriminator_steps)
         self._feature_network = feature_network
+        if feature_network is None:
+            check_feature_source(gan.fd)
 
     @classmethod
     def validate(cls, config) -> None:

@@ -6,7 +6,7 @@ full-size variants, and the committed timm fixtures. Not part of the tests (it n
 Run with our environment: it builds each model, draws its parameters (and MaxViT's BatchNorm statistics)
 at random, computes our logits on random inputs, exports with tokenlearner_jax.export (timm safetensors,
 and the vit_jax .npz for ViT) and then runs itself under `--timm_python` (a venv with torch, timm and
-safetensors; see ../shared/reference/environment.md), which executes the loading code that export
+safetensors, e.g. `pip install torch timm safetensors` in a separate venv), which executes the loading code that export
 prints for each file (`timm.create_model(..., pretrained_cfg_overlay=dict(file=...))` or timm's model
 class + load_state_dict) and computes timm's logits on the same inputs in eval mode. The table and the
 command go to experiments/results/export_timm_check.md; a difference above 1e-4 fails the script.

@@ -77,7 +77,12 @@ def test_a_checkpoint_written_before_the_task_based_trainer_resumes(tmp_path):
         flat = traverse_util.flatten_dict(jax.tree.map(np.asarray, getattr(state, key)), sep="/")
         assert sorted(flat) == sorted(k[len(key) + 1:] for k in expected.files if k.startswith(key + "/"))
         for name, value in flat.items():
-            np.testing.assert_allclose(value, expected[f"{key}/{name}"], rtol=1e-5, atol=1e-6, err_msg=name)
+            # A bias added before a softmax over the same axis (attention keys, TokenLearner's position
+            # logits) has an analytically zero gradient: its values are float round-off (~1e-6), which
+            # moves with the order of operations (stacked QKV, the erf GELU since the fixture was made).
+            noise_only = name.endswith("key/bias") or name.endswith("token_masking/Dense_1/bias")
+            np.testing.assert_allclose(value, expected[f"{key}/{name}"], rtol=1e-5,
+                                       atol=1e-5 if noise_only else 1e-6, err_msg=name)
     strip = lambda records: [{k: v for k, v in r.items() if not k.endswith("_per_sec")} for r in records]
     with open(os.path.join(FIXTURES, "pre_refactor_expected_metrics.jsonl"), encoding="utf-8") as f:
         reference = strip([json.loads(line) for line in f])

@@ -70,6 +70,7 @@ def test_default_config_fields():
         "random_erasing_prob",
         "synthetic_train_size",
         "synthetic_eval_size",
+        "moving_digits_directions",
     }
     assert (config.name, config.image_size, config.augment, config.normalize, config.num_classes) == (
         "digits",

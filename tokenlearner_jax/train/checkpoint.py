@@ -107,12 +107,23 @@ class _QuietOrbaxErrors(logging.Filter):
         return not (record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname)
 
 
-def _all_processes(flag: bool) -> bool:
-    """True when `flag` holds on every process (one small collective; none for one process)."""
-    if jax.process_count() == 1:
-        return flag
-    flags = multihost_utils.process_allgather(np.asarray([flag], np.int32))
-    return bool(np.all(flags))
+def _agree(problem: str | None):
+    """Raises CheckpointDamagedError on every process when any process found a problem (one small
+    collective; none for one process), so that all processes quarantine or restore together."""
+    if jax.process_count() > 1:
+        flags = np.asarray(multihost_utils.process_allgather(np.asarray([problem is not None], np.int32)))
+        if flags.any() and problem is None:
+            problem = f"process {int(np.argmax(flags.reshape(-1)))} could not read or verify it"
+    if problem is not None:
+        raise CheckpointDamagedError(problem)
+
+
+def _problem(read):
+    """(read(), None), or (None, the CheckpointDamagedError's message)."""
+    try:
+        return read(), None
+    except CheckpointDamagedError as e:
+        return None, str(e)
 
 
 def _iterator_digests(snapshot: IteratorSnapshot) -> list[str]:
@@ -233,16 +244,15 @@ class Checkpointer:
 
     def close(self):
         """Waits for the last write (CheckpointWriteError if it failed, unless already reported)."""
-        reported = self._failure is not None
         try:
-            if not reported:
+            if self._failure is None:
                 self.wait()
         finally:
             try:
                 self.manager.close()
-            except Exception:  # the failure was reported already
-                if not reported:
-                    raise
+            except Exception:
+                if self._failure is None:
+                    raise  # otherwise it is the failure reported already
             if self._quiet:
                 logging.getLogger("absl").removeFilter(self._quiet)
                 self._quiet = None
@@ -281,8 +291,11 @@ class Checkpointer:
         """The verified checkpoint of `step`. `abstract_state` holds ShapeDtypeStructs with the target
         shardings, so a checkpoint can be restored onto a different mesh. Raises
         CheckpointMismatchError (the state's structure differs) or CheckpointDamagedError."""
-        manifest = self._manifest(step)
-        differences = integrity.structure_differences(self._saved_structure(step, manifest), abstract_state)
+        manifest, problem = _problem(lambda: self._manifest(step))
+        _agree(problem)
+        saved, problem = _problem(lambda: self._saved_structure(step, manifest))
+        _agree(problem)
+        differences = integrity.structure_differences(saved, abstract_state)
         if differences:
             raise CheckpointMismatchError(
                 f"the checkpoint of step {step} in {self.directory} holds a state of another shape than the "
@@ -298,18 +311,16 @@ class Checkpointer:
         args = {"state": ocp.args.StandardRestore(abstract_state)}
         if with_data:
             args["data"] = grain_checkpoint.CheckpointRestore(IteratorSnapshot())
-        problem = None
+        restored, problem = None, None
         try:
             restored = self.manager.restore(step, args=ocp.args.Composite(**args))
         except Exception as e:  # orbax and tensorstore raise many types for damaged files
             problem = f"it does not restore ({_first_line(e)})"
-        if not _all_processes(problem is None):
-            raise CheckpointDamagedError(problem or "it does not restore on another process")
+        _agree(problem)
         snapshot = restored["data"] if with_data else None
         if manifest is not None:
             problem = self._verify(manifest, restored["state"], snapshot)
-        if not _all_processes(problem is None):
-            raise CheckpointDamagedError(problem or "its iterator state differs on another process")
+        _agree(problem)
         return Restored(step=step, state=restored["state"], iterator_state=snapshot.state if snapshot else None,
                         extra=manifest["extra"] if manifest else {})
 

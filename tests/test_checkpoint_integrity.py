@@ -243,3 +243,67 @@ def test_the_write_probe_is_removed_when_the_disk_is_full(tmp_path, file_size_li
     with pytest.raises(OSError, match=f"workdir {tmp_path} is not writable"):
         checkpoint_lib.check_writable(str(tmp_path))
     assert os.listdir(tmp_path) == []
+
+
+# One process of a two-process job on 127.0.0.1 with 2 CPU devices each: saves a state sharded over
+# all 4 devices, restores and verifies it, and prints what it restored.
+WORKER = """
+import json, sys
+import jax
+jax.config.update("jax_num_cpu_devices", 2)
+directory, address, index = sys.argv[1], sys.argv[2], int(sys.argv[3])
+jax.distributed.initialize(coordinator_address=address, num_processes=2, process_id=index)
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from tokenlearner_jax.train import checkpoint, integrity
+mesh = Mesh(np.asarray(jax.devices()), ("x",))
+split, whole = NamedSharding(mesh, PartitionSpec("x")), NamedSharding(mesh, PartitionSpec())
+values = np.arange(512, dtype=np.float32).reshape(64, 8) / 3
+state = {"w": jax.make_array_from_callback(values.shape, split, lambda i: values[i]),
+         "step": jax.make_array_from_callback((), whole, lambda i: np.int32(3))}
+saver = checkpoint.Checkpointer(directory, keep=2, async_save=True)
+saver.save(3, state, {"next_index": 100 + index})
+saver.close()
+abstract = {"w": jax.ShapeDtypeStruct(values.shape, np.float32, sharding=split),
+            "step": jax.ShapeDtypeStruct((), np.int32, sharding=whole)}
+restored = checkpoint.Checkpointer(directory, keep=2).load(3, abstract)
+print("RESULT", json.dumps({"iterator": restored.iterator_state, "leaves": integrity.describe(restored.state)[0]}))
+"""
+
+
+def test_a_sharded_two_process_checkpoint_verifies_on_both_and_on_one_process(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+    directory = str(tmp_path / "checkpoints")
+    logs = [open(tmp_path / f"worker{i}.log", "w+") for i in range(2)]  # a full pipe would block a collective
+    workers = [subprocess.Popen([sys.executable, "-c", WORKER, directory, address, str(i)], cwd=ROOT,
+                                env=dict(os.environ, PYTHONPATH=ROOT), stdout=logs[i], stderr=subprocess.STDOUT)
+               for i in range(2)]
+    results = []
+    for worker, log in zip(workers, logs):
+        worker.wait(timeout=300)
+        log.seek(0)
+        text = log.read()
+        assert worker.returncode == 0, text[-3000:]
+        results.append(json.loads(text.split("RESULT ", 1)[1].splitlines()[0]))
+    assert [r["iterator"] for r in results] == [{"next_index": 100}, {"next_index": 101}]
+    values = np.arange(512, dtype=np.float32).reshape(64, 8) / 3
+    expected, _ = integrity.describe({"w": jnp.asarray(values), "step": jnp.asarray(3, jnp.int32)})
+    assert results[0]["leaves"] == results[1]["leaves"] == expected  # the same checksums on every mesh
+
+    checkpointer = checkpoint_lib.Checkpointer(directory, keep=2)  # this process alone, one device
+    abstract = {"w": jax.ShapeDtypeStruct((64, 8), jnp.float32), "step": jax.ShapeDtypeStruct((), jnp.int32)}
+    with pytest.raises(checkpoint_lib.CheckpointReadError, match="Topology mismatch"):  # no target shardings:
+        checkpointer.load(3, abstract, with_data=False)  # not damage
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)
+    np.testing.assert_array_equal(np.asarray(checkpointer.load(3, abstract, with_data=False).state["w"]), values)
+    with pytest.raises(checkpoint_lib.CheckpointMismatchError, match="written by 2 processes and this run has 1"):
+        checkpointer.load(3, abstract)

@@ -12,7 +12,9 @@ Restoring tells two failures apart:
             than the ones saved: quarantine it (moved to `damaged_checkpoints/`, never deleted) and
             fall back to the previous one;
   mismatch  (CheckpointMismatchError) an intact checkpoint of a differently shaped state (the config
-            changed): nothing is moved; the run must stop and say so.
+            changed) or of another process count: nothing is moved; the run must stop and say so.
+A restore that fails for a reason unrelated to the files (memory, a transient I/O error) raises
+CheckpointReadError and moves nothing either.
 
 How the loop calls it (in this order):
   check_writable(workdir)                                   # before anything else is written
@@ -20,7 +22,7 @@ How the loop calls it (in this order):
                       async_save=config.async_checkpointing, verbose=FLAGS.verbose)
   restored = ckpt.restore_latest(abstract_state, os.path.join(workdir, "damaged_checkpoints"))
       # -> Restored(step, state, iterator_state, extra) of the newest intact checkpoint, or None;
-      #    raises CheckpointMismatchError (print its one line, exit non-zero)
+      #    raises CheckpointMismatchError or CheckpointReadError (print its one line, exit non-zero)
   if restored: train_iter.set_state(restored.iterator_state)
   every step:   ckpt.raise_if_save_failed()     # cheap; CheckpointWriteError one step after a failed
                                                 # asynchronous write, naming the last intact step
@@ -58,6 +60,11 @@ class CheckpointWriteError(RuntimeError):
 
 class CheckpointDamagedError(RuntimeError):
     """A checkpoint that does not restore to what was saved."""
+
+
+class CheckpointReadError(RuntimeError):
+    """A restore failed for a reason that says nothing about the files (memory, a transient I/O error,
+    a target without shardings): nothing is moved, the run stops."""
 
 
 class CheckpointMismatchError(ValueError):
@@ -107,15 +114,28 @@ class _QuietOrbaxErrors(logging.Filter):
         return not (record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname)
 
 
-def _agree(problem: str | None):
-    """Raises CheckpointDamagedError on every process when any process found a problem (one small
-    collective; none for one process), so that all processes quarantine or restore together."""
+# Restore errors that do not mean damaged files.
+_NOT_DAMAGE = ("Topology mismatch", "RESOURCE_EXHAUSTED", "UNAVAILABLE", "DEADLINE_EXCEEDED", "Out of memory")
+
+
+def _kind(error: BaseException) -> type:
+    if isinstance(error, MemoryError) or any(text in str(error) for text in _NOT_DAMAGE):
+        return CheckpointReadError
+    return CheckpointDamagedError
+
+
+def _agree(problem: str | None, kind: type = CheckpointDamagedError):
+    """Raises `kind`(problem) on every process when any process found a problem (one small collective;
+    none for one process), so that all processes quarantine, stop or restore together; a
+    CheckpointReadError anywhere wins over damage."""
+    code = 0 if problem is None else (2 if kind is CheckpointReadError else 1)
     if jax.process_count() > 1:
-        flags = np.asarray(multihost_utils.process_allgather(np.asarray([problem is not None], np.int32)))
-        if flags.any() and problem is None:
-            problem = f"process {int(np.argmax(flags.reshape(-1)))} could not read or verify it"
-    if problem is not None:
-        raise CheckpointDamagedError(problem)
+        codes = np.asarray(multihost_utils.process_allgather(np.asarray([code], np.int32))).reshape(-1)
+        if codes.max() > code:
+            problem = f"process {int(np.argmax(codes))} could not read or verify it"
+            code = int(codes.max())
+    if code:
+        raise (CheckpointReadError if code == 2 else CheckpointDamagedError)(problem)
 
 
 def _problem(read):
@@ -311,12 +331,12 @@ class Checkpointer:
         args = {"state": ocp.args.StandardRestore(abstract_state)}
         if with_data:
             args["data"] = grain_checkpoint.CheckpointRestore(IteratorSnapshot())
-        restored, problem = None, None
+        restored, problem, kind = None, None, CheckpointDamagedError
         try:
             restored = self.manager.restore(step, args=ocp.args.Composite(**args))
         except Exception as e:  # orbax and tensorstore raise many types for damaged files
-            problem = f"it does not restore ({_first_line(e)})"
-        _agree(problem)
+            problem, kind = f"it does not restore ({_first_line(e)})", _kind(e)
+        _agree(problem, kind)
         snapshot = restored["data"] if with_data else None
         if manifest is not None:
             problem = self._verify(manifest, restored["state"], snapshot)
@@ -353,7 +373,7 @@ class Checkpointer:
         for step in reversed(self.all_steps()):
             try:
                 restored = self.load(step, abstract_state)
-            except CheckpointDamagedError as e:
+            except CheckpointDamagedError as e:  # CheckpointReadError and mismatches stop the search
                 moved = self.quarantine(step, quarantine_dir)
                 logging.error("The checkpoint of step %d is damaged: %s; moved it to %s and falling back to an "
                               "older one.", step, e, moved)

@@ -187,3 +187,39 @@ def test_of_runs_racing_for_a_free_or_stale_lock_exactly_one_wins(tmp_path, stal
         proc.communicate(timeout=60)
     assert sorted(outputs) == ["busy"] * 5 + ["took it"], outputs
     assert not [n for n in os.listdir(tmp_path) if n.startswith(workdir_lib.LOCK_FILE)]
+
+
+# One process of a two-process job on 127.0.0.1: takes the run's lock, then tries again.
+PAIR = """
+import sys
+import jax
+jax.distributed.initialize(coordinator_address=sys.argv[2], num_processes=2, process_id=int(sys.argv[3]))
+from tokenlearner_jax.train import workdir
+lock = workdir.acquire_for_run(sys.argv[1])
+print("holds" if lock else "no lock object")
+try:
+    workdir.acquire_for_run(sys.argv[1])
+except workdir.WorkdirBusyError as e:
+    print("refused:", e)
+if lock:
+    lock.release()
+"""
+
+
+def test_in_a_multi_process_run_process_0_holds_the_lock_and_all_refuse_together(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+    logs = [open(tmp_path / f"p{i}.log", "w+") for i in range(2)]  # a full pipe would block a collective
+    procs = [subprocess.Popen([sys.executable, "-c", PAIR, str(tmp_path / "run"), address, str(i)], cwd=ROOT,
+                              env=dict(os.environ, PYTHONPATH=ROOT), stdout=logs[i], stderr=subprocess.DEVNULL)
+             for i in range(2)]
+    outputs = []
+    for proc, log in zip(procs, logs):
+        assert proc.wait(timeout=300) == 0
+        log.seek(0)
+        outputs.append([line for line in log.read().splitlines() if not line.startswith("[Gloo]")])
+    assert outputs[0][0] == "holds" and outputs[1][0] == "no lock object"
+    refusal = f"refused: workdir {tmp_path / 'run'} is in use by process {procs[0].pid} on host {socket.gethostname()}"
+    assert outputs[0][1].startswith(refusal) and outputs[1][1] == outputs[0][1]
+    assert not os.path.exists(tmp_path / "run" / workdir_lib.LOCK_FILE)

@@ -54,6 +54,8 @@ import uuid
 
 import numpy as np
 
+from tokenlearner_jax.train.preemption import committed_steps
+
 CONFIG_FILE = "config.json"
 LOCK_FILE = "run.lock"
 
@@ -141,8 +143,6 @@ def check_config(workdir: str, config, *, allow_change: bool = False, checkpoint
     """Raises ConfigChangedError (one line) when `workdir` holds committed checkpoints written under a
     config.json that differs from `config` in a field outside IGNORED_FIELDS, unless `allow_change`
     (then the differences are logged as a warning). Without checkpoints there is nothing to resume."""
-    from tokenlearner_jax.train.preemption import committed_steps  # train/ modules only; no jax import
-
     steps = committed_steps(checkpoint_dir or os.path.join(workdir, "checkpoints"))
     if not steps:
         return

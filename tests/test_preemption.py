@@ -70,7 +70,7 @@ def test_a_signal_during_start_up_exits_75_with_one_line(tmp_path, committed, ke
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_during_the_loop_stops_after_the_current_step(tmp_path, sig):
-    code, out, err = _run(tmp_path, "loop", sig=sig)
+    code, _, err = _run(tmp_path, "loop", sig=sig)
     assert code == 75, err
     lines = err.strip().splitlines()
     assert lines[0] == f"tokenlearner_jax: received {sig.name}: stopping after the current step."

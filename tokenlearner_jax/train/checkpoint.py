@@ -40,7 +40,7 @@ import logging
 import os
 import shutil
 import time
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import numpy as np
@@ -77,9 +77,12 @@ class NonFiniteStateError(FloatingPointError):
 
 @dataclasses.dataclass
 class Restored:
+    """A verified checkpoint: its step, the train state, this process's iterator state (None when
+    restored without it) and the loop's `extra` JSON ({} for checkpoints written before manifests)."""
+
     step: int
     state: Any
-    iterator_state: Optional[dict]
+    iterator_state: dict | None
     extra: dict
 
 
@@ -394,7 +397,7 @@ class Checkpointer:
 def check_writable(directory: str) -> None:
     """Write probe: creates `directory` and writes, syncs and removes a 1 MiB file, so a full disk or an
     unwritable workdir stops the run before any training. The probe is removed even when writing fails."""
-    probe = os.path.join(directory, f".write_probe_{jax.process_index()}")
+    probe = os.path.join(directory, f".write_probe_{jax.process_index()}_{os.getpid()}")
     try:
         os.makedirs(directory, exist_ok=True)
         with open(probe, "wb") as f:

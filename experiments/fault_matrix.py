@@ -9,9 +9,10 @@ The runs that must resume exactly are compared with one uninterrupted run of the
 every part of its expectation holds; the table says which part failed. The script exits 1 when a row
 fails, so CI can run `--reduced` (shorter schedule, a one-trial kill -9 soak) as a test.
 
-The full form writes experiments/results/fault_matrix.md (the kill -9 soak row runs
-experiments/soak_kill.py with its defaults: 10 trials of 300 quickstart steps); --reduced writes
-nothing unless --output is given.
+The full form writes experiments/results/fault_matrix.md (its kill -9 soak row runs
+experiments/soak_kill.py for 10 trials of 100 quickstart steps with a checkpoint every 20); --reduced
+writes nothing unless --output is given. On an idle 2-core machine a main.py start costs 10-20 s, so
+even --reduced takes several minutes; --jobs=2 runs two rows at once.
 """
 
 import argparse
@@ -439,7 +440,8 @@ class Matrix:
 
     # The kill -9 soak.
     def kill_9_soak(self):
-        trials = ["--trials=1", "--steps=20", "--checkpoint_every=5"] if self.reduced else []
+        trials = ["--trials=1", "--steps=10", "--checkpoint_every=5"] if self.reduced else [
+            "--trials=10", "--steps=100", "--checkpoint_every=20"]
         output = self.workdir("soak.md")
         proc = subprocess.run([sys.executable, "experiments/soak_kill.py", *trials, f"--output={output}"], cwd=ROOT,
                               env=ENV, capture_output=True, text=True)
@@ -485,7 +487,7 @@ ROWS = [
     ("indivisible_heads", "9c. num_heads=5 with width 32", "exit != 0, one line naming the field, no traceback"),
     ("unknown_dataset", "9d. dataset.name=bogus", "exit != 0, one line naming the field, no traceback"),
     ("empty_weight_file", "9e. init_from an empty .npz", "exit != 0, one line naming the file, no traceback"),
-    ("kill_9_soak", "kill -9 at random moments, then rerun (experiments/soak_kill.py)",
+    ("kill_9_soak", "kill -9 at a random moment, then rerun (experiments/soak_kill.py, full quickstart model)",
      "every resumed run bit-identical to the uninterrupted one"),
 ]
 

@@ -8,7 +8,9 @@ import os
 import resource
 import shutil
 import signal
+import sys
 import time
+import types
 
 import jax
 import jax.numpy as jnp
@@ -137,7 +139,7 @@ def test_one_flipped_byte_in_each_kind_of_file_is_detected(tmp_path):
         assert outcome.startswith("detected") or not must_detect, f"{relative}@{position}^{mask:#x}: {outcome}"
     # In the middle of the array data, the flip decodes to other values: only the checksums see it.
     middle = [v for (r, p, m), v in outcomes.items() if r in biggest]
-    assert all("checksums of 1 arrays differ" in v for v in middle), middle
+    assert all("checksums of 1 array differ" in v for v in middle), middle
 
 
 def test_damage_is_quarantined_and_a_changed_shape_is_refused_without_moving_anything(tmp_path):
@@ -164,6 +166,15 @@ def test_damage_is_quarantined_and_a_changed_shape_is_refused_without_moving_any
     assert checkpointer.all_steps() == [5]
     (moved,) = os.listdir(quarantine)
     assert moved.startswith("7-")
+
+
+def test_a_checkpoint_without_its_manifest_is_damaged(tmp_path):
+    _write(str(tmp_path), steps=(5, 7))
+    shutil.rmtree(tmp_path / "7" / "manifest")  # orbax's _CHECKPOINT_METADATA still lists it
+    checkpointer = checkpoint_lib.Checkpointer(str(tmp_path), keep=5)
+    with pytest.raises(checkpoint_lib.CheckpointDamagedError, match="its manifest is missing"):
+        checkpointer.load(7, _abstract(_state()))
+    assert checkpointer.restore_latest(_abstract(_state()), str(tmp_path / "damaged")).step == 5
 
 
 def test_a_checkpoint_of_another_process_count_is_a_mismatch_not_damage(tmp_path):
@@ -199,7 +210,7 @@ def test_a_state_with_nan_or_inf_is_never_written(tmp_path):
     checkpointer.save(5, _state(), ITERATOR)
     bad = _state()
     bad["mu"] = bad["mu"].at[3].set(jnp.inf)
-    with pytest.raises(checkpoint_lib.NonFiniteStateError, match=r"step 6: 1 arrays .* \(mu\); stopped without "
+    with pytest.raises(checkpoint_lib.NonFiniteStateError, match=r"step 6: 1 array of .* \(mu\); stopped without "
                                                                  r"writing .*checkpoint of step 5 is intact"):
         checkpointer.save(6, bad, ITERATOR)
     checkpointer.close()
@@ -236,6 +247,17 @@ def test_a_failed_asynchronous_write_is_reported_by_the_next_poll_in_one_line(tm
     checkpointer.close()  # the failure was reported: closing does not raise it again
     restored = checkpoint_lib.Checkpointer(str(tmp_path), keep=5).restore_latest(_abstract(_state()), str(tmp_path))
     assert restored.step == 1
+
+
+def test_what_a_failed_write_leaves_behind_is_not_printed_but_other_errors_are(monkeypatch):
+    printed = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: printed.append(str(unraisable.exc_value)))
+    checkpoint_lib._quiet_orbax_leftovers()  # what a Checkpointer without `verbose` installs
+    args = lambda error: types.SimpleNamespace(exc_type=type(error), exc_value=error, exc_traceback=None,
+                                               err_msg=None, object=None)
+    sys.unraisablehook(args(RuntimeError("Event loop is closed")))  # tensorstore finishing a failed save
+    sys.unraisablehook(args(ValueError("a real problem")))
+    assert printed == ["a real problem"]
 
 
 def test_the_write_probe_is_removed_when_the_disk_is_full(tmp_path, file_size_limit):

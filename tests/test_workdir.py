@@ -47,6 +47,15 @@ def test_a_changed_model_field_is_refused_naming_it_and_both_ways_out(trained):
     workdir_lib.check_config(workdir, config, allow_change=True)  # resumes anyway, with a warning
 
 
+def test_an_unreadable_config_json_is_refused_as_a_change(trained):
+    workdir, config = trained
+    with open(os.path.join(workdir, "config.json"), "a") as f:
+        f.write("}garbage")
+    with pytest.raises(workdir_lib.ConfigChangedError, match=r"config.json: 'unreadable \(Extra data"):
+        workdir_lib.check_config(workdir, config)
+    workdir_lib.check_config(workdir, config, allow_change=True)
+
+
 def test_fields_that_keep_the_train_state_may_change(trained):
     workdir, config = trained
     config.num_train_steps, config.log_every_steps, config.eval_every_steps = 5000, 7, 100

@@ -39,6 +39,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 from typing import Any
 
@@ -111,10 +112,30 @@ class IteratorSnapshot:
 
 class _QuietOrbaxErrors(logging.Filter):
     """Drops orbax's ERROR records (each with a traceback of 30-100 lines) about a failed write: the
-    Checkpointer reports the failure itself in one line. Installed unless `verbose`."""
+    Checkpointer reports the failure itself in one line."""
 
     def filter(self, record):
         return not (record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname)
+
+
+def _quiet_orbax_leftovers():
+    """Once per process: drops the unraisable exceptions that a failed orbax write leaves behind, each
+    printed with a traceback: tensorstore completing writes into the closed event loop of the failed
+    save ("Event loop is closed"), and orbax's unfinished write coroutines collected at exit."""
+    previous = sys.unraisablehook
+    if getattr(previous, "quiets_orbax", False):
+        return
+
+    def hook(unraisable):
+        code = getattr(unraisable.object, "cr_code", None)
+        leftover = code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+        closed_loop = isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == (
+            "Event loop is closed")
+        if not (leftover or closed_loop):
+            previous(unraisable)
+
+    hook.quiets_orbax = True
+    sys.unraisablehook = hook
 
 
 # Restore errors that do not mean damaged files.
@@ -158,6 +179,10 @@ def _iterator_digests(snapshot: IteratorSnapshot) -> list[str]:
     return [bytes(row).hex() for row in np.asarray(gathered).reshape(jax.process_count(), -1)]
 
 
+def _arrays(count: int) -> str:
+    return f"{count} array{'' if count == 1 else 's'}"
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0][:400] if text else ''}"
@@ -177,8 +202,9 @@ class Checkpointer:
         self._pending = None  # step of a save whose outcome is not known yet
         self._failure = None  # message of a failed save, once reported
         self._quiet = None if verbose else _QuietOrbaxErrors()
-        if self._quiet:
+        if self._quiet:  # a failed write is reported in one line; `verbose` keeps orbax's own reports
             logging.getLogger("absl").addFilter(self._quiet)
+            _quiet_orbax_leftovers()
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -189,7 +215,8 @@ class Checkpointer:
 
     def _last_intact(self, excluding: int | None = None) -> str:
         good = [s for s in self.all_steps() if s != excluding and os.path.isdir(self._step_dir(s))]
-        return f"the checkpoint of step {good[-1]} is intact" if good else "no earlier checkpoint exists"
+        return (f"the checkpoint of step {good[-1]} is intact and a rerun resumes from it" if good
+                else "no earlier checkpoint exists, so a rerun starts afresh")
 
     def _step_dir(self, step: int) -> str:
         return os.path.join(self.directory, str(step))
@@ -206,7 +233,7 @@ class Checkpointer:
         leaves, nonfinite = integrity.describe(state)
         if nonfinite:
             raise NonFiniteStateError(
-                f"step {step}: {len(nonfinite)} arrays of the state hold NaN or Inf ({', '.join(nonfinite[:5])}"
+                f"step {step}: {_arrays(len(nonfinite))} of the state hold NaN or Inf ({', '.join(nonfinite[:5])}"
                 f"{', ...' if len(nonfinite) > 5 else ''}); stopped without writing a checkpoint of the bad values "
                 f"({self._last_intact()}). Lower the learning rate, or set config.skip_nonfinite_steps=True "
                 f"to skip such steps.")
@@ -253,8 +280,7 @@ class Checkpointer:
 
     def _write_failure(self, step: int, error: BaseException) -> str:
         return (f"could not write the checkpoint of step {step} in {self.directory} ({_first_line(error)}); "
-                f"{self._last_intact(excluding=step)}, and a rerun resumes from it. "
-                f"Is the disk full or the directory unwritable?")
+                f"{self._last_intact(excluding=step)}. Is the disk full or the directory unwritable?")
 
     def wait(self):
         """Blocks until the requested save has committed; CheckpointWriteError if it failed."""
@@ -285,12 +311,22 @@ class Checkpointer:
     def _manifest(self, step: int) -> dict | None:
         """The verified manifest of `step`, or None for a checkpoint written before manifests existed."""
         if not os.path.isdir(os.path.join(self._step_dir(step), "manifest")):
+            if "manifest" in self._committed_items(step):
+                raise CheckpointDamagedError("its manifest is missing")
             return None
         try:
             record = self.manager.restore(step, args=ocp.args.Composite(manifest=ocp.args.JsonRestore()))
             return integrity.unseal(record["manifest"])
         except Exception as e:
             raise CheckpointDamagedError(f"its manifest is unreadable ({_first_line(e)})") from e
+
+    def _committed_items(self, step: int) -> set:
+        """The items orbax's _CHECKPOINT_METADATA lists for `step` (empty when it cannot be read)."""
+        try:
+            with open(os.path.join(self._step_dir(step), "_CHECKPOINT_METADATA"), encoding="utf-8") as f:
+                return set(json.load(f)["item_handlers"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return set()
 
     def _saved_structure(self, step: int, manifest: dict | None) -> dict:
         if manifest is not None:
@@ -352,7 +388,7 @@ class Checkpointer:
         described, _ = integrity.describe(state)
         changed = integrity.checksum_differences(manifest["leaves"], described)
         if changed:
-            return (f"the checksums of {len(changed)} arrays differ from the ones saved "
+            return (f"the checksums of {_arrays(len(changed))} differ from the ones saved "
                     f"({', '.join(changed[:5])}{', ...' if len(changed) > 5 else ''})")
         if snapshot is not None:
             if integrity.sha256(snapshot.get_state()) != manifest["iterators"][jax.process_index()]:

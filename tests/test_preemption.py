@@ -26,6 +26,14 @@ def main(mode, checkpoint_dir):
         except Exception:
             print("swallowed by a broad except", flush=True)
         return
+    if mode == "finaliser":
+        class Finaliser:
+            def __del__(self):  # like jax's garbage-collection callback: an exception here is dropped
+                time.sleep(60)
+        Finaliser()
+        print("start-up went on", flush=True)
+        time.sleep(60)
+        return
     with guard.deferred():
         for step in range(1, 100000):
             time.sleep(0.01)
@@ -66,6 +74,13 @@ def test_a_signal_during_start_up_exits_75_with_one_line(tmp_path, committed, ke
     assert err.strip() == (f"tokenlearner_jax: preempted by SIGTERM outside the training steps: no new checkpoint "
                            f"written ({kept}); rerun the same command to resume")
     assert "swallowed" not in out and "finished normally" not in out
+
+
+def test_a_signal_inside_a_finaliser_during_start_up_still_exits_75(tmp_path):
+    code, out, err = _run(tmp_path, "finaliser", committed=(10,))
+    assert code == 75 and "start-up went on" not in out, (out, err)
+    assert err.strip() == ("tokenlearner_jax: preempted by SIGTERM outside the training steps: no new checkpoint "
+                           "written (the checkpoint of step 10 is intact); rerun the same command to resume")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

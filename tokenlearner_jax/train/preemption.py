@@ -1,15 +1,20 @@
 """SIGTERM / SIGINT at any moment: exit EXIT_PREEMPTED (75) with one documented line.
 
 Two regimes, one handler:
-  immediate  (from `install()` until the loop starts, and again after it ends) the handler raises
-             `Preempted` on the spot: start-up (imports, data, compilation, restore) is abandoned, no
-             checkpoint is written, and the message names the last intact checkpoint, if any.
-  deferred   (inside `with guard.deferred():`, around the training loop) the handler only records the
-             signal; the loop polls `guard.requested()` every step, checkpoints the finished step
-             and raises `Preempted(signal, step=...)`.
+  immediate  (from `install()` until the loop starts, and again after it ends) the handler exits on
+             the spot: it runs the callbacks registered with `at_exit` (the workdir lock's release),
+             prints the line, naming the last intact checkpoint if any, and calls os._exit(75).
+             Start-up (imports, data, compilation, restore) has nothing to save. Raising an exception
+             from the handler instead is not reliable: a signal that lands while the garbage
+             collector runs a callback (jax has one) or inside a __del__ has its exception printed
+             and dropped, and start-up goes on as if nothing happened.
+  deferred   (inside `with guard.deferred():`, around the training loop and the last checkpoint's
+             close) the handler only records the signal; the loop polls `guard.requested()` every
+             step, checkpoints the finished step and raises `Preempted(step, signal_name)`, which
+             main.py turns into the line and exit 75 (`exit_on_preemption`). A signal recorded after
+             the loop's last poll raises `Preempted` when the block ends.
 `Preempted` is a BaseException, like KeyboardInterrupt, so that no `except Exception` on the way up
-(e.g. around a restore) mistakes it for an error; `finally` blocks still run (the workdir lock is
-released).
+mistakes it for an error; `finally` blocks still run.
 
 How main.py and the loop call it:
   main.py, before any other import of ours or of jax:
@@ -17,6 +22,7 @@ How main.py and the loop call it:
       guard = preemption.install()
   main.py, once the workdir is known:   guard.watch_checkpoints(os.path.join(workdir, "checkpoints"))
   main.py, around everything else:      preemption.exit_on_preemption(lambda: app.run(main))
+  after taking the workdir lock:        guard.at_exit(lock.release)
   the loop:
       with guard.deferred():
           for step in ...:
@@ -24,8 +30,7 @@ How main.py and the loop call it:
               if guard.requested():          # a collective in multi-process runs: all stop together
                   ckpt.save(step, ..., extra={"train_window": window.to_json()}); ckpt.wait()
                   raise preemption.Preempted(step, guard.signal_name)
-A signal that arrives after the last `requested()` of the loop raises at the end of the block (the
-checkpoint of the last step is written by then), so the final evaluation is redone by the rerun.
+          ckpt.close()                       # the last write finishes before a signal can end the run
 In a multi-process run a signal during start-up stops only the processes that receive it (SLURM
 signals all of them); the others stop at their next collective (jax.distributed's heartbeat).
 """
@@ -74,20 +79,31 @@ class PreemptionGuard:
     def __init__(self, signals=(signal.SIGTERM, signal.SIGINT), *, deferred: bool = True):
         self.signal_name = ""
         self._deferred = deferred
-        self._raised = False
         self._checkpoint_dir = None
+        self._at_exit = []
         self._previous = {sig: signal.signal(sig, self._handle) for sig in signals}
 
     def watch_checkpoints(self, checkpoint_dir: str):
         """Where the message of a start-up preemption looks for the last intact checkpoint."""
         self._checkpoint_dir = checkpoint_dir
 
-    def _raise(self):
-        if self._raised:  # a second signal while the first unwinds start-up: one exit, one message
-            return
-        self._raised = True
+    def at_exit(self, callback):
+        """`callback()` runs before an immediate exit (e.g. the workdir lock's release)."""
+        self._at_exit.append(callback)
+
+    def _outside_the_steps(self) -> Preempted:
         steps = committed_steps(self._checkpoint_dir)
-        raise Preempted(None, self.signal_name, last_checkpoint=steps[-1] if steps else None)
+        return Preempted(None, self.signal_name, last_checkpoint=steps[-1] if steps else None)
+
+    def _exit_now(self):
+        for callback in reversed(self._at_exit):
+            try:
+                callback()
+            except Exception:  # noqa: BLE001 -- exiting anyway; the message below matters more
+                pass
+        sys.stdout.flush()
+        print(f"{MESSAGE_PREFIX}{self._outside_the_steps()}", file=sys.stderr, flush=True)
+        os._exit(EXIT_PREEMPTED)
 
     def _handle(self, signum, frame):
         del frame
@@ -95,7 +111,7 @@ class PreemptionGuard:
         first = not self.signal_name
         self.signal_name = self.signal_name or name
         if not self._deferred:
-            self._raise()
+            self._exit_now()
         if first:
             print(f"{MESSAGE_PREFIX}received {name}: stopping after the current step.", file=sys.stderr, flush=True)
 
@@ -108,7 +124,7 @@ class PreemptionGuard:
         finally:
             self._deferred = previous
         if self.signal_name and not previous:
-            self._raise()
+            raise self._outside_the_steps()
 
     def requested(self) -> bool:
         """True on every process if any process received a signal (a collective when several run)."""

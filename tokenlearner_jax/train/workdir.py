@@ -3,12 +3,14 @@
 How main.py / the loop call it, in this order (all processes make the same calls):
   checkpoint.check_writable(workdir)
   lock = workdir.acquire_for_run(workdir)        # WorkdirBusyError: another live run holds it
+  if lock: guard.at_exit(lock.release)           # a signal during start-up exits at once (preemption.py)
   try:
       workdir.check_config(workdir, config, allow_change=FLAGS.allow_config_change)   # ConfigChangedError
+      ... build the state, restore the latest checkpoint (a mismatch stops here, config.json untouched) ...
       workdir.write_config(workdir, config)      # config.json, replaced in one rename
-      ... restore, train ...
+      ... MetricsLog, train ...
   finally:
-      if lock: lock.release()
+      if lock: lock.release()                    # idempotent
 main.py prints the one-line message of WorkdirBusyError / ConfigChangedError and exits non-zero.
 `--allow_config_change` (proposed flag, main.py): "resume although config.json differs in fields
 that shape the train state or the data order; the checkpoint must still fit the new state".

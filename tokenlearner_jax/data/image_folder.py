@@ -1,9 +1,11 @@
 """Image-folder dataset: `<data_dir>/<split>/<class>/*.{jpg,jpeg,png}`.
 
-Classes are the sorted subdirectory names of the train split. Files that fail
-to decode are skipped: element i is replaced by the next readable file
-(cyclically) with that file's label, and each bad path is logged once and
-counted (`ImageFolderSplit.num_corrupt`).
+Classes are the sorted subdirectory names of the train split; a class folder of
+the train split without any image is an error (it would be a class that never
+occurs). Files that fail to decode are logged once and counted
+(`ImageFolderSplit.num_corrupt`); in training element i is replaced by the next
+readable file (cyclically) with that file's label, in evaluation it is left out
+(see source.FirstReadable).
 """
 
 from collections.abc import Sequence
@@ -41,6 +43,10 @@ def _class_dirs(split_dir: str) -> list[str]:
     return sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d)))
 
 
+def _images(class_dir: str) -> list[str]:
+    return sorted(file for file in os.listdir(class_dir) if file.lower().endswith(EXTENSIONS))
+
+
 class ImageFolderSplit(Sequence):
     """One split; element i is dict(image=uint8 [h, w, 3], label=int)."""
 
@@ -54,20 +60,19 @@ class ImageFolderSplit(Sequence):
                     f" of the train split ({len(classes)} classes)"
                 )
             class_dir = os.path.join(split_dir, name)
-            for file in sorted(os.listdir(class_dir)):
-                if file.lower().endswith(EXTENSIONS):
-                    paths.append(os.path.join(class_dir, file))
-                    labels.append(class_ids[name])
+            for file in _images(class_dir):
+                paths.append(os.path.join(class_dir, file))
+                labels.append(class_ids[name])
         if not paths:
             raise DatasetNotFoundError(f"dataset 'image_folder': no images under {split_dir!r}; {_LAYOUT}")
         self._paths = paths
         self._labels = labels
-        self._first_readable = FirstReadable("image_folder", "image", skip_corrupt)
+        self.first_readable = FirstReadable("image_folder", "image", skip_corrupt)
 
     @property
     def num_corrupt(self) -> int:
         """Number of distinct unreadable files met so far."""
-        return self._first_readable.num_corrupt
+        return self.first_readable.num_corrupt
 
     def __len__(self) -> int:
         return len(self._paths)
@@ -81,7 +86,7 @@ class ImageFolderSplit(Sequence):
             raise UnreadableFile(path, str(e)) from e
 
     def __getitem__(self, index: int) -> Example:
-        return self._first_readable(index, len(self._paths), self._read)
+        return self.first_readable(index, len(self._paths), self._read)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +108,13 @@ def build(config: ml_collections.ConfigDict) -> ImageFolderSource:
     if not classes:
         raise DatasetNotFoundError(
             f"dataset 'image_folder': no class directories in {train_dir!r};" f" {_LAYOUT}"
+        )
+    empty = [name for name in classes if not _images(os.path.join(train_dir, name))]
+    if empty:
+        raise ValueError(
+            f"dataset 'image_folder': class folder {os.path.join(train_dir, empty[0])!r}"
+            f"{f' (and {len(empty) - 1} more)' if len(empty) > 1 else ''} holds no image (.jpg, .jpeg, .png); "
+            "add images or remove the folder, since every class folder of the train split is a class"
         )
     return ImageFolderSource(
         name="image_folder",

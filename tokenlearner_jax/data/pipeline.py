@@ -18,7 +18,7 @@ import numpy as np
 from tokenlearner_jax.data import config as config_lib
 from tokenlearner_jax.data import registry
 from tokenlearner_jax.data.preprocess import Preprocessor, encode_label
-from tokenlearner_jax.data.source import DatasetSource
+from tokenlearner_jax.data.source import DatasetSource, SkippedFile
 from tokenlearner_jax.data.video import VideoPreprocessor
 
 
@@ -171,8 +171,12 @@ def eval_batches(
 
     The split is padded to a multiple of global_batch_size; position i of the
     padded split goes to process i % process_count. Every process yields
-    ceil(N / global_batch_size) batches and each real example appears once over
-    all processes and batches.
+    ceil(N / global_batch_size) batches and each readable example appears once
+    over all processes and batches. An unreadable file (with
+    config.skip_corrupt_images) is left out, not replaced: its position holds
+    padding with mask 0 and skipped 1, so the split's eval/num_examples counts
+    only the examples read, and the sum of `skipped` over all batches of all
+    processes is the eval/skipped_files the loop reports.
 
     Args:
       config: The `config.dataset` section.
@@ -183,13 +187,17 @@ def eval_batches(
 
     Returns:
       Iterator of dict(image=float32 [B, S, S, 3], label=int32 [B] (or float32
-      [B, num_classes]), mask=float32 [B]: 1 real, 0 padding) with
+      [B, num_classes]), mask=float32 [B]: 1 real, 0 padding or unreadable,
+      skipped=float32 [B]: 1 for an unreadable file left out) with
       B = global_batch_size // process_count. Videos are [B, T, S, S, 3], or
       [B, views, T, S, S, 3] with several evaluation views.
     """
     local = _local_batch_size(global_batch_size, process_index, process_count)
     source = _get_source(config)
     data = source.split(config.eval_split if split is None else split)
+    reader = getattr(data, "first_readable", None)
+    if reader is not None:  # splits of files: leave unreadable ones out rather than substitute
+        reader.substitute = False
     prep = _preprocessor(config, source)
     num_real = len(data)
     padded = math.ceil(num_real / global_batch_size) * global_batch_size
@@ -197,18 +205,21 @@ def eval_batches(
     pad_image = np.zeros(prep.eval_shape if config.num_frames > 0 else (s, s, 3), np.float32)
     pad_label = np.zeros([source.num_classes], np.float32) if source.multi_label else np.int32(0)
 
+    def padding(skipped: float) -> dict[str, np.ndarray]:
+        return {"image": pad_image, "label": pad_label, "mask": np.float32(0.0), "skipped": np.float32(skipped)}
+
     def load(position: int) -> dict[str, np.ndarray]:
         if position >= num_real:
-            return {
-                "image": pad_image,
-                "label": pad_label,
-                "mask": np.float32(0.0),
-            }
-        image, label = _read(data, int(position), prep.eval)
+            return padding(0.0)
+        try:
+            image, label = _read(data, int(position), prep.eval)
+        except SkippedFile:
+            return padding(1.0)
         return {
             "image": image,
             "label": encode_label(label, source.num_classes, source.multi_label),
             "mask": np.float32(1.0),
+            "skipped": np.float32(0.0),
         }
 
     ds = (

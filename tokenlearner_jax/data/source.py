@@ -31,19 +31,36 @@ class UnreadableFile(Exception):
         self.path = path
 
 
+class SkippedFile(Exception):
+    """An unreadable file that a reader in exact mode leaves out instead of replacing it."""
+
+    def __init__(self, path: str):
+        super().__init__(path)
+        self.path = path
+
+
 class FirstReadable:
-    """Reads element i of a split of files, or the next readable one (cyclically) when file i cannot be
-    read, so a corrupt file never stops a run: each unreadable path is logged once and counted. With
-    `skip=False` the first unreadable file stops the run, naming it.
+    """Reads element i of a split of files. An unreadable file is logged once and counted, and then:
+    - in training (`substitute`, the default), replaced by the next readable file (cyclically), so a
+      corrupt file never stops a run and every batch stays full;
+    - in evaluation (`substitute=False`, set by the eval pipeline), left out: the call raises
+      SkippedFile, and the pipeline masks the example out and counts it, so no file is counted twice
+      and no label is taken from a neighbour.
+    With `skip=False` the first unreadable file stops the run, naming it.
+
+    A split that reads files exposes its reader as `split.first_readable`; data/pipeline.py's
+    eval_batches switches it to exact mode.
 
     Attributes:
       dataset: the dataset's name, for messages.
       kind: what a file holds ('image', 'video'), for messages.
       skip: skip unreadable files (config.dataset.skip_corrupt_images).
+      substitute: replace an unreadable file by the next readable one (training) rather than raise
+        SkippedFile (evaluation).
     """
 
-    def __init__(self, dataset: str, kind: str, skip: bool):
-        self.dataset, self.kind, self.skip = dataset, kind, skip
+    def __init__(self, dataset: str, kind: str, skip: bool, substitute: bool = True):
+        self.dataset, self.kind, self.skip, self.substitute = dataset, kind, skip, substitute
         self._corrupt: set[str] = set()
         self._lock = threading.Lock()
 
@@ -54,10 +71,11 @@ class FirstReadable:
             return len(self._corrupt)
 
     def __call__(self, index: int, count: int, read: Callable[[int], Any]):
-        """read(j) for j = index, index + 1, ... (mod count): the first that does not raise UnreadableFile."""
+        """read(j) for j = index, index + 1, ... (mod count): the first that does not raise UnreadableFile;
+        only j = index without `substitute`."""
         if not 0 <= index < count:
             raise IndexError(index)
-        for offset in range(count):
+        for offset in range(count if self.substitute else 1):
             j = (index + offset) % count
             try:
                 return read(j)
@@ -72,6 +90,8 @@ class FirstReadable:
                 if first_time:
                     logging.warning("%s: skipping unreadable %s %s; %d skipped so far", self.dataset, self.kind, e,
                                     skipped)
+                if not self.substitute:
+                    raise SkippedFile(e.path) from e
         raise ValueError(f"{self.dataset}: no readable {self.kind} among {count} files")
 
 

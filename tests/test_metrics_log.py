@@ -1,0 +1,63 @@
+"""metrics.jsonl keeps its history: a resume drops only records past the restored step (into
+metrics_dropped.jsonl, replaced in one rename, never truncated in place), and the training window
+carried through a checkpoint makes a stopped-and-resumed run log what an uninterrupted one logs."""
+
+import json
+import os
+
+import numpy as np
+
+from tokenlearner_jax.train import metrics_log
+
+
+def _records(workdir, name=metrics_log.METRICS_FILE):
+    with open(os.path.join(workdir, name)) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_a_resume_keeps_records_up_to_its_step_and_moves_the_rest_aside(tmp_path):
+    workdir = str(tmp_path)
+    log = metrics_log.MetricsLog(workdir)
+    for step in (0, 10, 20, 30):
+        log.write(step, {"train/loss": step / 10})
+    log.close()
+    with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+        f.write('{"step": 40, "train/lo')  # a line cut short by kill -9
+    inode = os.stat(os.path.join(workdir, "metrics.jsonl")).st_ino
+
+    log = metrics_log.MetricsLog(workdir, resume_step=20)
+    assert [r["step"] for r in _records(workdir)] == [0, 10, 20]
+    assert os.stat(os.path.join(workdir, "metrics.jsonl")).st_ino != inode  # replaced, not truncated
+    with open(os.path.join(workdir, metrics_log.DROPPED_FILE)) as f:
+        dropped = f.read().splitlines()
+    assert json.loads(dropped[0])["step"] == 30 and dropped[1] == '{"step": 40, "train/lo'
+    log.write(30, {"train/loss": 3.5})
+    log.close()
+    assert [r["step"] for r in metrics_log.read_metrics(workdir)] == [0, 10, 20, 30]
+
+
+def test_a_run_from_scratch_moves_every_earlier_record_aside(tmp_path):
+    workdir = str(tmp_path)
+    log = metrics_log.MetricsLog(workdir)
+    log.write(0, {"model/num_params": 5})
+    log.close()
+    metrics_log.MetricsLog(workdir, resume_step=0).close()
+    assert _records(workdir) == [] and _records(workdir, metrics_log.DROPPED_FILE)[0]["model/num_params"] == 5
+
+
+def test_a_window_carried_through_a_checkpoint_summarises_like_an_unbroken_one():
+    steps = [(s, {"train/loss": np.float32(1 / s), "train/skipped": np.float32(s % 2)}) for s in range(1, 11)]
+    whole = metrics_log.TrainWindow()
+    for step, metrics in steps:
+        whole.add(step, metrics)
+
+    first = metrics_log.TrainWindow()
+    for step, metrics in steps[:4]:  # a signal after step 4, between two log steps
+        first.add(step, metrics)
+    carried = json.loads(json.dumps(first.to_json()))  # through the checkpoint's manifest
+    resumed = metrics_log.TrainWindow.from_json(carried)
+    for step, metrics in steps[4:]:
+        resumed.add(step, metrics)
+    assert resumed.summary(sums=("train/skipped",)) == whole.summary(sums=("train/skipped",))
+    assert whole.summary(sums=("train/skipped",))["train/skipped"] == 5.0
+    assert metrics_log.TrainWindow().summary() == {}

@@ -45,13 +45,15 @@ def describe(module, arg) -> str:
     from tokenlearner_jax import models
 
     config = module.get_config(arg)
+    config_line = "config: " + json.dumps(json.loads(config.to_json_best_effort()), indent=1, sort_keys=True)
+    if "model" not in config:  # e.g. the gan task: its networks are config.gan's generator and discriminator
+        return config_line
     model = models.build(config.model)
     shape = input_shape(config)
     variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape, jnp.float32), train=False))
     params = flax.core.meta.unbox(variables["params"])
     count = int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
-    lines = ["config: " + json.dumps(json.loads(config.to_json_best_effort()), indent=1, sort_keys=True),
-             "model: " + repr(model), f"input: {list(shape)}", f"parameters: {count}"]
+    lines = [config_line, "model: " + repr(model), f"input: {list(shape)}", f"parameters: {count}"]
     if hasattr(module, "get_sweep"):
         lines.append("sweep: " + json.dumps(module.get_sweep(arg), sort_keys=True))
     return "\n".join(lines)

@@ -92,7 +92,14 @@ class Run:
 
     @property
     def output(self) -> str:
+        """The console: stdout and stderr."""
         return "".join(self._lines)
+
+    @property
+    def log(self) -> str:
+        """The run's log file (library messages and our INFO lines), '' if none."""
+        path = os.path.join(self.workdir, "log.txt")
+        return open(path, encoding="utf-8", errors="replace").read() if os.path.exists(path) else ""
 
 
 def main_py(workdir, *flags, **kwargs) -> Run:
@@ -237,7 +244,7 @@ class Matrix:
             os.path.join(workdir, "damaged_checkpoints")) else []
         if not any(n.startswith(f"{last}-") for n in quarantined):
             problems.append("not quarantined")
-        if f"Resumed from the checkpoint of step {previous}" not in run.output:
+        if f"resuming from the checkpoint of step {previous}" not in run.output:
             problems.append(f"did not fall back to step {previous}")
         if run.proc.returncode == 0 and not same_params(workdir, self.baseline):
             problems.append("final parameters differ from the uninterrupted run")

@@ -298,7 +298,7 @@ def test_a_sharded_two_process_checkpoint_verifies_on_both_and_on_one_process(tm
     import subprocess
     import sys
 
-    from conftest import ROOT
+    from helpers import ROOT
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

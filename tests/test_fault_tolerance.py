@@ -120,7 +120,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_newest_good_one(tmp_path, s
     _damage(os.path.join(workdir, "checkpoints", "60"), how)
     proc = run_python(["main.py", f"--workdir={workdir}", *TINY, *STEPS])
     assert "The checkpoint of step 60 is damaged" in proc.stderr
-    assert "Resumed from the checkpoint of step 50" in proc.stderr
+    assert "resuming from the checkpoint of step 50" in proc.stdout
     (moved,) = os.listdir(os.path.join(workdir, "damaged_checkpoints"))  # kept, not deleted
     assert moved.startswith("60-")
     assert_same_params(final_params(workdir)[1], straight[1])  # steps 51..60 redone exactly
@@ -193,7 +193,7 @@ def test_a_lost_process_stops_the_others_within_the_heartbeat_bound(tmp_path):
     for proc in procs:
         proc.wait(timeout=600)
     assert [proc.returncode for proc in procs] == [0, 0], output(logs[0])[-3000:]
-    assert "Resumed from the checkpoint of step" in output(logs[0])
+    assert "resuming from the checkpoint of step" in output(logs[0])
     assert "300" in os.listdir(os.path.join(workdir, "checkpoints"))
 
 
@@ -222,6 +222,6 @@ def test_failed_checkpoint_write_names_the_step_and_keeps_the_previous_one(tmp_p
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, previous_handler)
-    restored, iterator_state = checkpointer.restore(1, jax.eval_shape(lambda: state))
-    np.testing.assert_array_equal(np.asarray(restored["w"]), np.arange(4096.0))
-    assert iterator_state == {"next_index": 1}
+    restored = checkpointer.load(1, jax.eval_shape(lambda: state))
+    np.testing.assert_array_equal(np.asarray(restored.state["w"]), np.arange(4096.0))
+    assert restored.iterator_state == {"next_index": 1}

@@ -27,7 +27,7 @@ def test_two_local_processes_train_together(tmp_path):
                        "--config.num_train_steps=4", "--config.checkpoint_every_steps=2"])
     lines = proc.stdout.splitlines()
     assert any(line.startswith("[p0] ") for line in lines) and any(line.startswith("[p1] ") for line in lines)
-    assert "Mesh {'data': 4, 'fsdp': 1, 'model': 1} over 4 devices in 2 processes" in proc.stdout
+    assert "devices: 4 x cpu (cpu), 2 process(es); mesh {'data': 4, 'fsdp': 1, 'model': 1}" in proc.stdout
     assert "launch: exit codes [0, 0]" in proc.stdout
     evals = [r for r in metrics_log.read_metrics(str(workdir)) if "eval/accuracy" in r]
     assert evals[-1]["step"] == 4 and evals[-1]["eval/num_examples"] == 360

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 # A stand-in for main.py: installs the guard first, then "starts up" and "trains" as the mode says.
 PROGRAM = """

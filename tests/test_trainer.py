@@ -33,8 +33,13 @@ def test_quick_run_trains_evaluates_and_writes_its_records(tmp_path):
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir))
 
     # --mode=eval evaluates the latest checkpoint and gets the same accuracy.
+    log = os.path.join(workdir, "log.txt")
+    before = os.path.getsize(log)
     proc = main_py(workdir, "--mode=eval")
-    assert f"'eval/accuracy': {evals[-1]['eval/accuracy']}" in proc.stderr
+    assert f"eval step 100: loss {evals[-1]['eval/loss']:.4g}" in proc.stdout
+    with open(log, encoding="utf-8") as f:
+        f.seek(before)
+        assert f"'eval/accuracy': {evals[-1]['eval/accuracy']}" in f.read()  # full precision in the log file
 
 
 def test_killed_run_resumes_to_the_same_parameters_and_metrics(tmp_path):
@@ -73,7 +78,7 @@ def test_relative_workdir_trains_checkpoints_and_resumes(tmp_path):
             *TINY[1:], "--config.num_train_steps=4", "--config.checkpoint_every_steps=2"]
     run_python(args, cwd=str(tmp_path))
     proc = run_python([*args[:-2], "--config.num_train_steps=6", "--config.checkpoint_every_steps=2"], cwd=str(tmp_path))
-    assert "Resumed from the checkpoint of step 4" in proc.stderr
+    assert "resuming from the checkpoint of step 4" in proc.stdout
     assert sorted(os.listdir(tmp_path / "runs" / "rel" / "checkpoints"))[-1] == "6"
 
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 from tokenlearner_jax.train import workdir as workdir_lib
 
 

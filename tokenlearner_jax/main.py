@@ -4,20 +4,27 @@
 Any config field can be overridden, e.g. `--config.model.token_learner.num_tokens=16`. For several
 processes, pass --coordinator_address/--num_processes/--process_id, or launch under SLURM or on a
 TPU pod slice, where they are read from the environment.
+
+Exit codes: 0 done; 1 a bad config, file or workdir (one line on stderr; --verbose adds the
+traceback); 75 stopped by SIGTERM / SIGINT (rerun the same command to resume); 76 another process
+of a multi-process run died.
 """
 
 import sys
 
-import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from tokenlearner_jax.train import distributed, preemption
+from tokenlearner_jax.train import preemption  # light: jax and the trainer are imported in main()
 
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py[:arg]).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl, TensorBoard and config.json.")
 flags.DEFINE_enum("mode", "train", ["train", "eval", "fewshot"],
                   "train (resumes automatically), eval or fewshot (both on the latest checkpoint).")
+flags.DEFINE_bool("allow_config_change", False,
+                  "Resume although config.json differs in fields that shape the train state or the data "
+                  "order; the checkpoint must still fit the new state.")
+flags.DEFINE_bool("verbose", False, "Tracebacks for errors, and the libraries' own reports on the console.")
 flags.DEFINE_string("coordinator_address", "", "host:port of process 0, for a multi-process run.")
 flags.DEFINE_integer("num_processes", 0, "Number of processes of a multi-process run.")
 flags.DEFINE_integer("process_id", -1, "This process's index in a multi-process run.")
@@ -25,33 +32,60 @@ flags.DEFINE_integer("heartbeat_timeout_seconds", 120,
                      "A multi-process run stops this long after a process stops answering, naming it.")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
+EXIT_USER_ERROR = 1
 EXIT_LOST_PROCESS = 76  # another process of a multi-process run died
+
+
+def _user_errors() -> tuple:
+    """Exceptions that mean a bad config, file, workdir or run (their message says which and what was
+    expected), shown as one line rather than a traceback."""
+    from tokenlearner_jax.train import checkpoint, workdir
+
+    return (ValueError, OSError, FloatingPointError, workdir.WorkdirBusyError, checkpoint.CheckpointWriteError,
+            checkpoint.CheckpointReadError, checkpoint.CheckpointDamagedError)
+
+
+def _run(mode: str):
+    import jax
+
+    from tokenlearner_jax.train import trainer
+
+    if mode == "fewshot":
+        return trainer.fewshot_checkpoint(FLAGS.config, FLAGS.workdir)
+    if mode == "eval":
+        return trainer.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
+    try:
+        return trainer.run(FLAGS.config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change,
+                           verbose=FLAGS.verbose)[1]
+    except jax.errors.JaxRuntimeError as error:
+        if jax.process_count() == 1:
+            raise
+        print(f"{preemption.MESSAGE_PREFIX}process {jax.process_index()} of {jax.process_count()}: a collective "
+              f"failed ({str(error).splitlines()[0][:300]}); another process has probably died. jax.distributed "
+              f"names it when its heartbeat times out (--heartbeat_timeout_seconds="
+              f"{FLAGS.heartbeat_timeout_seconds}). Restart all processes to resume from the last checkpoint.",
+              file=sys.stderr, flush=True)
+        sys.exit(EXIT_LOST_PROCESS)
 
 
 def main(argv):
     del argv
+    from tokenlearner_jax.train import console, distributed
+
+    console.route_logs(FLAGS.workdir, FLAGS.verbose)
+
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                            heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds)
-    from tokenlearner_jax.train import trainer  # after jax.distributed, which must come before any device use
-
-    if FLAGS.mode == "train":
-        try:
-            _, metrics = trainer.run(FLAGS.config, FLAGS.workdir)
-        except preemption.Preempted as stop:
-            print(f"tokenlearner_jax: {stop}", file=sys.stderr, flush=True)
-            sys.exit(preemption.EXIT_PREEMPTED)
-        except jax.errors.JaxRuntimeError as error:
-            if jax.process_count() == 1:
-                raise
-            print(f"tokenlearner_jax: process {jax.process_index()} of {jax.process_count()}: a collective failed "
-                  f"({str(error).splitlines()[0][:300]}); another process has probably died. jax.distributed names "
-                  f"it when its heartbeat times out (--heartbeat_timeout_seconds={FLAGS.heartbeat_timeout_seconds}). "
-                  f"Restart all processes to resume from the last checkpoint.", file=sys.stderr, flush=True)
-            sys.exit(EXIT_LOST_PROCESS)
-    elif FLAGS.mode == "fewshot":
-        metrics = trainer.fewshot_checkpoint(FLAGS.config, FLAGS.workdir)
-    else:
-        metrics = trainer.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
+    # The trainer is imported after jax.distributed, which must come before any device use.
+    try:
+        metrics = _run(FLAGS.mode)
+    except _user_errors() as error:
+        if FLAGS.verbose:
+            raise
+        message = str(error).strip() or type(error).__name__
+        print(f"{preemption.MESSAGE_PREFIX}error: {message} (--verbose for the traceback)", file=sys.stderr,
+              flush=True)
+        sys.exit(EXIT_USER_ERROR)
     logging.info("Final metrics: %s", metrics)
 
 
@@ -67,8 +101,12 @@ def _refuse_renamed_fields(argv):
 
 
 def run():
+    preemption.install()  # first, so that a signal during start-up exits 75 at once (train/preemption.py)
+    from tokenlearner_jax.train import console
+
+    console.quiet_native_logs(verbose="--verbose" in sys.argv[1:])
     _refuse_renamed_fields(sys.argv)
-    app.run(main)
+    preemption.exit_on_preemption(lambda: app.run(main))
 
 
 if __name__ == "__main__":

@@ -88,7 +88,7 @@ def run_checkpoint(config, workdir: str, num_images: int) -> dict:
     step = checkpointer.latest_step()
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}")
-    state = checkpointer.restore_state(step, setup.abstract_state)
+    state = checkpointer.load(step, setup.abstract_state, with_data=False).state
     checkpointer.close()
     batch = next(iter(data.eval_batches(config.dataset, global_batch_size=num_images)))
     with setup.context():

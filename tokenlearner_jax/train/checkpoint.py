@@ -421,14 +421,6 @@ class Checkpointer:
             return restored
         return None
 
-    # The interface of the trainer.py before the task-agnostic loop; remove with it.
-    def restore(self, step: int, abstract_state):
-        restored = self.load(step, abstract_state)
-        return restored.state, restored.iterator_state
-
-    def restore_state(self, step: int, abstract_state):
-        return self.load(step, abstract_state, with_data=False).state
-
 
 def check_writable(directory: str) -> None:
     """Write probe: creates `directory` and writes, syncs and removes a 1 MiB file, so a full disk or an

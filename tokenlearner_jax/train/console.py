@@ -12,7 +12,6 @@ import logging
 import math
 import os
 import sys
-import time
 
 from absl import logging as absl_logging
 
@@ -20,11 +19,32 @@ PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOG_FILE = "log.txt"
 
 
+_native_output = []  # what TensorFlow's C++ logging printed while it was imported (for the log file)
+
+
 def quiet_native_logs(verbose: bool) -> None:
-    """Before TensorFlow or jaxlib load: their C++ logging only for errors unless `verbose`."""
-    if not verbose:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    """Before TensorFlow or jaxlib load: their C++ logging only for errors unless `verbose`. TensorFlow's
+    notices at import (oneDNN, absl::InitializeLog) ignore TF_CPP_MIN_LOG_LEVEL, so the import runs with
+    file descriptor 2 pointed at a temporary file, whose text route_logs() copies into the log file."""
+    if verbose:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401 -- imported here only for its notices' sake; data/ uses it
+        except ImportError:
+            pass
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        captured.seek(0)
+        _native_output.append(captured.read().decode(errors="replace"))
 
 
 class _OursAtWarning(logging.Filter):
@@ -34,15 +54,33 @@ class _OursAtWarning(logging.Filter):
         return record.levelno >= logging.WARNING and os.path.abspath(record.pathname).startswith(PACKAGE_DIR)
 
 
-def route_logs(workdir: str, verbose: bool) -> str:
-    """Every log record to `<workdir>/log.txt`; to stderr only this package's warnings (or, with
-    `verbose`, everything). Returns the log file's path."""
+class _LogFileHandler(logging.FileHandler):
+    """A file handler that, when the file cannot be written (a full disk), says so once on stderr and
+    drops later records instead of printing a traceback for each."""
+
+    failed = False
+
+    def handleError(self, record):
+        if not self.failed:
+            self.failed = True
+            print(f"tokenlearner_jax: warning: cannot write the log file {self.baseFilename} "
+                  f"({sys.exc_info()[1]}); library messages are dropped from now on", file=sys.stderr, flush=True)
+
+
+def log_file(workdir: str, process_index: int = 0) -> str:
+    """`<workdir>/log.txt` for process 0, `<workdir>/log.process<i>.txt` for the others."""
+    return os.path.join(workdir, LOG_FILE if process_index == 0 else f"log.process{process_index}.txt")
+
+
+def route_logs(workdir: str, verbose: bool, process_index: int = 0) -> str:
+    """Every log record to this process's log file in `workdir`; to stderr only this package's warnings
+    (or, with `verbose`, everything). Returns the log file's path."""
     os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, LOG_FILE)
+    path = log_file(workdir, process_index)
     root = logging.getLogger()
     absl_handler = absl_logging.get_absl_handler()
     root.removeHandler(absl_handler)
-    file_handler = logging.FileHandler(path, encoding="utf-8")
+    file_handler = _LogFileHandler(path, encoding="utf-8")
     file_handler.setFormatter(absl_logging.PythonFormatter())
     root.addHandler(file_handler)
     console = logging.StreamHandler(sys.stderr)
@@ -52,6 +90,10 @@ def route_logs(workdir: str, verbose: bool) -> str:
     root.addHandler(console)
     root.setLevel(logging.INFO)
     absl_logging.set_verbosity(absl_logging.INFO)
+    if _native_output:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write("".join(_native_output))
+        _native_output.clear()
     return path
 
 
@@ -70,12 +112,11 @@ def _duration(seconds: float) -> str:
 
 
 class Progress:
-    """Progress lines from the averaged training metrics of each log window."""
+    """Progress lines from the averaged training metrics of each log window ('train/steps_per_sec' is
+    measured between two log steps, whose metrics are read back: steps that ran, not steps queued)."""
 
-    def __init__(self, total_steps: int, start_step: int):
+    def __init__(self, total_steps: int):
         self.total_steps = total_steps
-        self.start_step = start_step
-        self.started = time.time()
 
     def line(self, step: int, summary: dict) -> str:
         rate = summary.get("train/steps_per_sec", float("nan"))
@@ -98,3 +139,57 @@ def format_metrics(step: int, metrics: dict) -> str:
         prefix, _, short = name.partition("/")
         groups.setdefault(prefix, []).append(f"{short} {value:.4g}" if isinstance(value, float) else f"{short} {value}")
     return "\n".join(f"{prefix} step {step}: " + "  ".join(items) for prefix, items in groups.items())
+
+
+def startup_summary(config, info, report: dict, mesh, total_steps: int, workdir: str, start_step: int) -> str:
+    """The lines a run starts with: task and model, data, devices and mesh, schedule, workdir."""
+    import jax
+
+    model = config.get("model")
+    name = f"{model.name} {model.get('variant', '')}".strip() if model is not None else config.task
+    size = []
+    if "model/num_params" in report:
+        size.append(f"{report['model/num_params'] / 1e6:.2f}M parameters")
+    if "model/gmacs" in report:
+        size.append(f"{report['model/gmacs']:.3g} GMACs per example")
+    devices = jax.devices()
+    lines = [
+        f"{config.task}: {name}" + (f" ({', '.join(size)})" if size else ""),
+        f"data: {info.name}, {info.num_train} train / {info.num_eval} eval examples of shape "
+        f"{tuple(info.image_shape)}",
+        f"devices: {len(devices)} x {devices[0].device_kind} ({jax.default_backend()}), "
+        f"{jax.process_count()} process(es); mesh {dict(mesh.shape)}",
+        f"schedule: {total_steps} steps of batch {config.batch_size}" +
+        (f"; resuming from the checkpoint of step {start_step}" if start_step else ""),
+        f"workdir: {workdir} (library messages: {os.path.join(workdir, LOG_FILE)})",
+    ]
+    return "\n".join(lines)
+
+
+def accelerator_warnings(config) -> list[str]:
+    """Warnings when the config looks meant for an accelerator but JAX found only the CPU."""
+    import jax
+
+    if jax.default_backend() != "cpu":
+        return []
+    reasons = []
+    model = config.get("model")
+    if model is not None and str(model.get("dtype", "float32")) == "bfloat16":
+        reasons.append("the model computes in bfloat16")
+    if config.batch_size >= 1024:
+        reasons.append(f"batch_size is {config.batch_size}")
+    if not reasons:
+        return []
+    return [f"only the CPU is visible to JAX, but {' and '.join(reasons)}: a GPU or TPU was probably meant. "
+            f"Install JAX for it (pip install -e '.[cuda]' or '.[tpu]'; docs/trainer.md) and check "
+            f"`python -c 'import jax; print(jax.devices())'`."]
+
+
+def where_results_went(workdir: str) -> str:
+    """The last lines of a run: where its outputs are and how to look at them."""
+    return "\n".join([
+        f"done. metrics: {os.path.join(workdir, 'metrics.jsonl')}",
+        f"checkpoints: {os.path.join(workdir, 'checkpoints')}   log: {os.path.join(workdir, LOG_FILE)}",
+        f"curves: python -m tokenlearner_jax.visualize curves --workdir={workdir}   "
+        f"TensorBoard: tensorboard --logdir={workdir}",
+    ])

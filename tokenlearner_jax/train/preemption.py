@@ -156,6 +156,11 @@ def any_process(flags) -> list[bool]:
 _GUARD: PreemptionGuard | None = None
 
 
+def installed() -> PreemptionGuard | None:
+    """The guard `install()` made, or None (the trainer called in-process, e.g. from a test)."""
+    return _GUARD
+
+
 def install() -> PreemptionGuard:
     """Installs the handler (once per process) and returns it. Call first thing in main.py."""
     global _GUARD

@@ -22,15 +22,15 @@ import flax
 import flax.linen as nn
 import jax
 import numpy as np
-from clu import periodic_actions
 from jax.experimental import multihost_utils
 
 from tokenlearner_jax import data, tasks
 from tokenlearner_jax.evaluate.fewshot_evaluator import FewShotEvaluator
 from tokenlearner_jax.tasks.base import all_finite
-from tokenlearner_jax.train import checkpoint as checkpoint_lib
+from tokenlearner_jax.train import checkpoint as checkpoint_lib, console
 from tokenlearner_jax.train import mesh as mesh_lib, preemption
-from tokenlearner_jax.train.metrics_log import MetricsLog
+from tokenlearner_jax.train import workdir as workdir_lib
+from tokenlearner_jax.train.metrics_log import MetricsLog, TrainWindow
 from tokenlearner_jax.weights import init_from
 
 
@@ -161,31 +161,6 @@ class Setup:
         return FewShotEvaluator(self.config, step, self.to_global, self.context)
 
 
-def _write_config(config, workdir):
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-
-
-def _restore_latest_good(checkpointer, setup: Setup, train_iter, workdir: str):
-    """(step, state) of the newest checkpoint that restores, or (0, fresh state) without one.
-
-    A checkpoint that fails to restore (damaged or missing files) is reported with its step, moved to
-    `workdir/damaged_checkpoints/` (never deleted) and the next older one is tried."""
-    for step in reversed(checkpointer.all_steps()):
-        try:
-            state, iterator_state = checkpointer.restore(step, setup.abstract_state)
-        except Exception as e:  # orbax and tensorstore raise many types for damaged files
-            moved = checkpointer.quarantine(step, os.path.join(workdir, "damaged_checkpoints"))
-            logging.error("The checkpoint of step %d is damaged (%s: %s); moved it to %s and falling back to "
-                          "an older one.", step, type(e).__name__, str(e)[:500], moved)
-            continue
-        train_iter.set_state(iterator_state)
-        logging.info("Resumed from the checkpoint of step %d.", step)
-        return step, state
-    return 0, setup.init_state()
-
-
 def _check_finite(window, skip: bool):
     """Raises FloatingPointError naming the first step whose metrics or new state hold NaN or Inf
     (unless `skip`, where such steps were not applied and are only counted)."""
@@ -202,15 +177,20 @@ def _check_finite(window, skip: bool):
             f"config.skip_nonfinite_steps=True to skip such steps.")
 
 
-def _summary(window, batch_size: int, elapsed: float, skip: bool) -> dict:
-    """Training metrics averaged over the steps since the last log line, with the rates."""
-    summary = {k: float(np.mean([float(m[k]) for _, m, _ in window])) for k in window[0][1]}
+def _summary(window: TrainWindow, batch_size: int, elapsed: float, skip: bool) -> dict:
+    """Training metrics averaged over the steps since the last log line, with the rates. The rates
+    count the steps this process ran (a window carried through a checkpoint counts after a resume)."""
+    summary = window.summary(sums=("train/skipped",))
     summary["train/steps_per_sec"] = len(window) / elapsed
     summary["train/examples_per_sec"] = len(window) * batch_size / elapsed
     if skip:
-        summary["train/skipped_steps"] = float(sum(float(m["train/skipped"]) for _, m, _ in window))
-        del summary["train/skipped"]
+        summary["train/skipped_steps"] = summary.pop("train/skipped")
     return summary
+
+
+def _say(message: str) -> None:
+    if jax.process_index() == 0:
+        console.say(message)
 
 
 def _eval_logged(log: MetricsLog, step: int) -> bool:
@@ -221,13 +201,35 @@ def _eval_logged(log: MetricsLog, step: int) -> bool:
     return bool(logged[0])
 
 
-def run(config, workdir: str):
-    """Trains `config` in `workdir`, resuming from its latest good checkpoint.
+def run(config, workdir: str, *, allow_config_change: bool = False, verbose: bool = False):
+    """Trains `config` in `workdir`, resuming from its latest intact checkpoint.
 
-    Returns (final train state, final eval metrics). Raises preemption.Preempted after writing a
-    checkpoint when SIGTERM or SIGINT arrives."""
+    One run per workdir (workdir.py's lock: WorkdirBusyError), and no resume under a config that
+    changes the train state or the data order unless `allow_config_change` (ConfigChangedError); a
+    damaged checkpoint is quarantined and the previous one resumed (checkpoint.py). Returns (final
+    train state, final eval metrics). Raises preemption.Preempted after writing a checkpoint when
+    SIGTERM or SIGINT arrives during the steps (main.py installs the guard that exits at once during
+    start-up; called in-process without it, signals are only watched during the steps)."""
     validate(config)
     checkpoint_lib.check_writable(workdir)
+    checkpoint_dir = os.path.join(workdir, "checkpoints")
+    installed = preemption.installed()
+    guard = installed or preemption.PreemptionGuard()
+    guard.watch_checkpoints(checkpoint_dir)
+    lock = workdir_lib.acquire_for_run(workdir)
+    if lock:
+        guard.at_exit(lock.release)
+    try:
+        workdir_lib.check_config(workdir, config, allow_change=allow_config_change, checkpoint_dir=checkpoint_dir)
+        return _train(config, workdir, guard, verbose)
+    finally:
+        if lock:
+            lock.release()
+        if not installed:
+            guard.close()
+
+
+def _train(config, workdir: str, guard, verbose: bool):
     info = resolve_dataset(config)
     total_steps = num_train_steps(config, info)
     process_count = jax.process_count()
@@ -237,63 +239,81 @@ def run(config, workdir: str):
 
     checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
                                                keep=config.keep_checkpoints,
-                                               async_save=config.async_checkpointing)
+                                               async_save=config.async_checkpointing, verbose=verbose)
     train_iter = data.train_iterator(config.dataset, global_batch_size=config.batch_size, seed=config.seed,
                                      process_index=jax.process_index(), process_count=process_count)
-    start_step, state = _restore_latest_good(checkpointer, setup, train_iter, workdir)
-    if not start_step and config.init_from.path:  # a fresh run that starts from another checkpoint
-        state = setup.task.initialize_from(state, config.init_from, report_dir=workdir)
-    _write_config(config, workdir)
+    restored = checkpointer.restore_latest(setup.abstract_state, os.path.join(workdir, "damaged_checkpoints"))
+    if restored:
+        start_step, state = restored.step, restored.state
+        train_iter.set_state(restored.iterator_state)
+        window = TrainWindow.from_json(restored.extra.get("train_window"))
+    else:
+        start_step, state, window = 0, setup.init_state(), TrainWindow()
+        if config.init_from.path:  # a fresh run that starts from another checkpoint
+            state = setup.task.initialize_from(state, config.init_from, report_dir=workdir)
+    workdir_lib.write_config(workdir, config)
     log = MetricsLog(workdir, resume_step=start_step)
+    report = setup.task.report(setup.abstract_state)
     if not start_step:
-        log.write(0, setup.task.report(setup.abstract_state))
+        log.write(0, report)
+    _say(console.startup_summary(config, info, report, setup.mesh, total_steps, workdir, start_step))
+    for warning in console.accelerator_warnings(config):
+        logging.warning("%s", warning)
     is_eval_step = lambda step: (config.eval_every_steps and step % config.eval_every_steps == 0) or step == total_steps
     if start_step and is_eval_step(start_step) and not _eval_logged(log, start_step):
         # Killed after the checkpoint of an eval step was committed but before its evaluation was logged.
         log.write(start_step, setup.evaluate(state, workdir))
 
-    progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=log.writer,
-                                               every_steps=config.log_every_steps)
-    guard = preemption.PreemptionGuard()
+    progress = console.Progress(total_steps)
     fewshot_every = config.fewshot.every_steps
     fewshot = setup.fewshot_evaluator() if fewshot_every else None
     skip = config.skip_nonfinite_steps
-    window, window_start = [], time.time()
+    unchecked, window_start = [], time.time()  # (step, metrics, finite) not yet checked for NaN / Inf
     eval_metrics = {}
     try:
-        with setup.context():
+        with setup.context(), guard.deferred():
             for step in range(start_step + 1, total_steps + 1):
                 batch = setup.to_global(next(train_iter))
                 state, metrics, finite = setup.train_step(state, batch)
-                window.append((step, metrics, finite))
-                progress(step)
+                unchecked.append((step, metrics, finite))
+                window.add(step, metrics)
+                checkpointer.raise_if_save_failed()
                 last = step == total_steps
                 save = step % config.checkpoint_every_steps == 0 or last
                 if step % config.log_every_steps == 0 or save:
-                    _check_finite(window, skip)
-                    log.write(step, _summary(window, config.batch_size, time.time() - window_start, skip))
-                    window, window_start = [], time.time()
+                    _check_finite(unchecked, skip)
+                    unchecked = []
+                    summary = _summary(window, config.batch_size, time.time() - window_start, skip)
+                    log.write(step, summary)
+                    _say(progress.line(step, summary))
+                    window.clear()
+                    window_start = time.time()
                 stop = guard.requested()
-                if stop:
-                    _check_finite(window, skip)
                 if save or stop:
-                    checkpointer.save(step, state, train_iter.get_state(), force=True)
+                    _check_finite(unchecked, skip)
+                    unchecked = []
+                    checkpointer.save(step, state, train_iter.get_state(), force=True,
+                                      extra={"train_window": window.to_json()})
+                    _say(f"checkpoint of step {step} -> {checkpointer.directory}/{step}")
                 if stop:
                     checkpointer.wait()
                     raise preemption.Preempted(step, guard.signal_name)
                 if is_eval_step(step):
                     eval_metrics = setup.evaluate(state, workdir)
                     log.write(step, eval_metrics)
-                    logging.info("Step %d: %s", step, json.dumps(eval_metrics))
+                    _say(console.format_metrics(step, eval_metrics))
                 if fewshot_every and (step % fewshot_every == 0 or last):
-                    log.write(step, fewshot.run(setup.task.variables(state)))
-        checkpointer.close()
+                    fewshot_metrics = fewshot.run(setup.task.variables(state))
+                    log.write(step, fewshot_metrics)
+                    _say(console.format_metrics(step, fewshot_metrics))
+            checkpointer.close()  # inside the deferred block: the last write finishes before a signal ends the run
         if start_step >= total_steps:
             logging.info("Nothing to train: the checkpoint of step %d is the last step.", start_step)
             eval_metrics = setup.evaluate(state, workdir)
+            _say(console.format_metrics(start_step, eval_metrics))
     finally:
-        guard.close()
         log.close()
+    _say(console.where_results_went(workdir))
     return state, eval_metrics
 
 
@@ -307,10 +327,11 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
     step = checkpointer.latest_step()
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}")
-    state = checkpointer.restore_state(step, setup.abstract_state)
+    state = checkpointer.load(step, setup.abstract_state, with_data=False).state
     checkpointer.close()
     metrics = setup.evaluate(state, workdir)
     logging.info("Checkpoint of step %d: %s", step, json.dumps(metrics))
+    _say(console.format_metrics(step, metrics))
     return metrics
 
 
@@ -331,6 +352,7 @@ def fewshot_checkpoint(config, workdir: str) -> dict:
     log = MetricsLog(workdir, resume_step=step)
     log.write(step, metrics)
     log.close()
+    _say(console.format_metrics(step, metrics))
     logging.info("Few-shot evaluation of the checkpoint of step %d: %s%s", step, json.dumps(metrics),
                  f"; skipped: {sorted(evaluator.skipped)}" if evaluator.skipped else "")
     return metrics

@@ -97,7 +97,7 @@ def main():
                 rows.append((name, workers, result))
                 print(name, workers, result, flush=True)
     rates = train_rates()
-    lines = [f"# Input pipeline throughput\n",
+    lines = ["# Input pipeline throughput\n",
              f"Command: `python experiments/input_pipeline_benchmark.py --images={args.images} --batches={args.batches} "
              f"--batch_size={args.batch_size} --workers={args.workers}`\n",
              f"Machine: {os.cpu_count()} cores; load (1 min) {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after. "

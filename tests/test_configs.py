@@ -23,8 +23,12 @@ FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 def test_every_config_resolves_and_validates(name):
     config = load_config(name)
     validate(config)
-    assert config.task and config.model.name in models.names()
-    assert config.optimizer.learning_rate > 0 and (config.num_train_steps > 0 or config.num_epochs > 0)
+    networks = [config.gan.generator, config.gan.discriminator] if config.task == "gan" else [config.model]
+    assert all(network.name in models.names() for network in networks)
+    optimizers = [config.gan.generator_optimizer, config.gan.discriminator_optimizer] if config.task == "gan" else [
+        config.optimizer]
+    assert all(optimizer.learning_rate > 0 for optimizer in optimizers)
+    assert config.num_train_steps > 0 or config.num_epochs > 0 and (config.num_train_steps > 0 or config.num_epochs > 0)
 
 
 @pytest.mark.parametrize("variant, drop_path, layer_scale", [("S12", 0.1, 1e-5), ("M48", 0.4, 1e-6)])

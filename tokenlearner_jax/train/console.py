@@ -75,12 +75,15 @@ def log_file(workdir: str, process_index: int = 0) -> str:
 def route_logs(workdir: str, verbose: bool, process_index: int = 0) -> str:
     """Every log record to this process's log file in `workdir`; to stderr only this package's warnings
     (or, with `verbose`, everything). Returns the log file's path."""
-    os.makedirs(workdir, exist_ok=True)
     path = log_file(workdir, process_index)
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        file_handler = _LogFileHandler(path, encoding="utf-8")
+    except OSError:  # the trainer's write probe names the problem with the workdir
+        return None
     root = logging.getLogger()
     absl_handler = absl_logging.get_absl_handler()
     root.removeHandler(absl_handler)
-    file_handler = _LogFileHandler(path, encoding="utf-8")
     file_handler.setFormatter(absl_logging.PythonFormatter())
     root.addHandler(file_handler)
     console = logging.StreamHandler(sys.stderr)

@@ -90,7 +90,7 @@ def dot_conv_mmacs(arg: str, overrides: dict) -> float:
 
 def load_average() -> str:
     with open("/proc/loadavg", encoding="utf-8") as f:
-        return " / ".join(f.read().split()[:3])
+        return ", ".join(f.read().split()[:3])
 
 
 def common_overrides(num_train_steps) -> dict:
@@ -195,7 +195,6 @@ def plot(rows: list[dict], steps: int, path: str) -> None:
         left.scatter(row["mmacs"], 100 * row["map"], marker=marker, s=50, label=row["label"])
         right.plot([r["step"] for r in row["curve"]], [100 * r["eval/mAP"] for r in row["curve"]], marker=marker,
                    label=row["label"])
-    left.set_xscale("log")
     left.set_xlabel("MMACs per clip (dot + conv)")
     left.set_ylabel("test mAP (%)")
     left.set_title(f"mAP against compute ({steps} steps)")
@@ -244,14 +243,14 @@ def main():
         figures[backbone] = (path, attention_figure(args.workdir, key, label, path))
 
     table = ["| model | command | test mAP | params | MMACs / clip (dot + conv) | MMACs / clip (XLA, all ops) "
-             "| wall time | CPU time | load average before / after (1, 5, 15 min) |",
+             "| wall time | CPU time | load average before -> after (1, 5, 15 min) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         wall, cpu, before, after = row["times"]
-        flags = " ".join(f"`{flag}`" for flag in _flags(row["overrides"]))
-        table.append(f"| {row['label']} | `:{row['arg']}` {flags} | {100 * row['map']:.2f}% | "
+        command = " ".join([f"`:{row['arg']}`"] + [f"`{flag}`" for flag in _flags(row["overrides"])])
+        table.append(f"| {row['label']} | {command} | {100 * row['map']:.2f}% | "
                      f"{row['params'] / 1e3:.0f}k | {row['mmacs']:.2f} | {row['xla_mmacs']:.2f} | {wall / 60:.1f} min | "
-                     f"{cpu / 60:.1f} min | {before} / {after} |")
+                     f"{cpu / 60:.1f} min | {before} -> {after} |")
     curves = [f"- {row['label']}: " + ", ".join(f"{r['step']}: {100 * r['eval/mAP']:.2f}%" for r in row["curve"])
               for row in rows]
     attention_lines = []

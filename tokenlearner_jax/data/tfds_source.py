@@ -82,7 +82,8 @@ def build(config: ml_collections.ConfigDict, registered: Sequence[str]) -> TfdsS
         builder = tfds.builder(name, data_dir=config.data_dir, try_gcs=False)
     except tfds.core.registered.DatasetNotFoundError as e:
         raise DatasetNotFoundError(
-            f"dataset {name!r} is neither registered here ({list(registered)})" " nor a known TFDS dataset"
+            f"config.dataset.name={name!r}: expected a dataset registered here ({', '.join(registered)}) "
+            f"or a TFDS dataset name"
         ) from e
     data_dir = str(builder.data_dir_root)
     if not builder.is_prepared():

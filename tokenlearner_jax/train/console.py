@@ -15,6 +15,8 @@ import sys
 
 from absl import logging as absl_logging
 
+from tokenlearner_jax.train import preemption
+
 PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOG_FILE = "log.txt"
 
@@ -34,6 +36,16 @@ def quiet_native_logs(verbose: bool) -> None:
 
     sys.stderr.flush()
     saved = os.dup(2)
+    redirected = [True]
+
+    def restore():  # also called by a signal's immediate exit, so that its message reaches the console
+        if redirected[0]:
+            redirected[0] = False
+            os.dup2(saved, 2)
+
+    guard = preemption.installed()
+    if guard:
+        guard.at_exit(restore)
     with tempfile.TemporaryFile(mode="w+b") as captured:
         os.dup2(captured.fileno(), 2)
         try:
@@ -41,7 +53,7 @@ def quiet_native_logs(verbose: bool) -> None:
         except ImportError:
             pass
         finally:
-            os.dup2(saved, 2)
+            restore()
             os.close(saved)
         captured.seek(0)
         _native_output.append(captured.read().decode(errors="replace"))

@@ -139,11 +139,17 @@ class Setup:
             accumulator = self.task.eval_accumulator()
             batches = data.eval_batches(self.config.dataset, global_batch_size=self.config.eval_batch_size,
                                         process_index=jax.process_index(), process_count=jax.process_count())
+            skipped = 0.0  # unreadable files left out of the split (data/pipeline.py), this process's
             with self.context():
                 for batch in batches:
+                    skipped += float(np.sum(batch.get("skipped", 0.0)))
                     accumulator.add(jax.tree.map(np.asarray, jax.device_get(
                         self.eval_step(variant, self.to_global(batch)))))
             metrics.update({f"{prefix}/{name}": value for name, value in accumulator.result().items()})
+            if jax.process_count() > 1:
+                skipped = float(np.sum(multihost_utils.process_allgather(np.float32(skipped))))
+            if skipped:
+                metrics[f"{prefix}/skipped_files"] = skipped
             if workdir and jax.process_index() == 0:
                 for name, text in accumulator.files().items():
                     with open(os.path.join(workdir, f"{prefix}_{name}"), "w", encoding="utf-8") as f:

@@ -31,6 +31,7 @@ import logging
 import math
 import os
 import re
+import zipfile
 
 import flax
 import jax
@@ -158,9 +159,11 @@ def load_source(path: str, model_config) -> dict:
         raise FileNotFoundError(f"config.init_from.path={path!r}: no such file or directory")
     suffix = location.suffix
     if suffix == ".npz":
-        with location.open("rb") as f:
-            with np.load(f, allow_pickle=False) as archive:
+        try:
+            with location.open("rb") as f, np.load(f, allow_pickle=False) as archive:
                 arrays = {name: archive[name] for name in archive.files}
+        except (EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
+            raise ValueError(f"config.init_from.path={path!r}: not a readable .npz archive ({e})") from e
         return weights.converter(model_config.name, "npz")(arrays, model_config)
     if suffix == ".safetensors":
         import safetensors.numpy  # pylint: disable=g-import-not-at-top
@@ -215,6 +218,10 @@ def validate(init_config) -> None:
         _matcher(init_config[field], field)
     if init_config.inflate not in inflate.METHODS:
         raise ValueError(f"config.init_from.inflate={init_config.inflate!r}: expected one of {inflate.METHODS}")
+    path = init_config.path
+    if path and os.path.isfile(path) and os.path.getsize(path) == 0:  # a missing one: load_source says so
+        raise ValueError(f"config.init_from.path={path!r}: the file is empty; expected a checkpoint "
+                         f"directory, an .npz or a .safetensors file")
 
 
 def _matcher(patterns, field: str):

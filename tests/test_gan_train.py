@@ -1,7 +1,8 @@
 """The 'gan' task through the training loop, on configs/gan_digits.py shrunk to a few seconds a step:
 the Fréchet distance against steps in metrics.jsonl and TensorBoard, recomputed independently from the
-checkpoint; `visualize samples`; the non-finite guard; a missing FD classifier refused before training;
-and (slow) SIGTERM and kill -9 through main.py resuming to bit-identical generator, discriminator and EMA."""
+checkpoint; `visualize samples`; the non-finite guard skipping bad steps; a missing FD classifier refused
+before training; and (slow) SIGTERM and kill -9 through main.py resuming to bit-identical generator,
+discriminator and EMA."""
 
 import glob
 import os
@@ -117,14 +118,13 @@ def test_a_missing_fd_classifier_is_refused_before_training(tmp_path):
     assert not os.path.exists(tmp_path / "gan" / "checkpoints")
 
 
-def test_the_non_finite_guard_stops_or_skips_gan_steps(classifier, tmp_path):
+def test_the_non_finite_guard_skips_gan_steps(classifier, tmp_path):
     """A discriminator learning rate of 1e38: step 1's discriminator weights, over the spectral norm's sigma
-    stored before that update, overflow when it judges the generator, which leaves NaN in step 1's state."""
+    stored before that update, overflow when it judges the generator, which leaves NaN in every step's new
+    state; with skip_nonfinite_steps all four steps are counted and none is applied. (Stopping at such a
+    step is the loop's, the same for every task: tests/test_fault_tolerance.py.)"""
     flags = gan_flags(classifier, "--config.num_train_steps=4",
                       "--config.gan.discriminator_optimizer.learning_rate=1e38")
-    with pytest.raises(FloatingPointError, match="step 1: the parameters or optimizer state"):
-        trainer.run(parse_config(flags), str(tmp_path / "stop"))
-    assert not checkpoints(str(tmp_path / "stop"))
     state, _ = trainer.run(parse_config([*flags, "--config.skip_nonfinite_steps=True"]), str(tmp_path / "skip"))
     skipped = [r["train/skipped_steps"] for r in metrics_log.read_metrics(str(tmp_path / "skip"))
                if "train/skipped_steps" in r]

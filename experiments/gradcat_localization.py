@@ -6,8 +6,9 @@ Trains configs/nest_canvas_digits.py through main.py (a workdir holding the fini
 on the 1,440 test canvases (data/canvas_digits.py; the classifier never saw a box), traces the predicted
 class of every image and scores each method's point and box against the digit's true box
 (evaluate/localization.py): a point hits inside the box, a box hits at IoU >= 0.5.
-- GradCAT (evaluate/gradcat.py), for both objectives and both ways of scoring children: the point is the
-  centre of the leaf block of the path; the boxes are the path's blocks at each level.
+- GradCAT (evaluate/gradcat.py), with its defaults and with every choice of objective, scoring of children
+  and top-level features: the point is the centre of the leaf block of the path; the boxes are the path's
+  blocks at each level.
 - CAM: the highest pixel of the map upsampled to 64x64; the box of its largest region at >= 0.2 of its range.
 - Centre: the canvas centre; a box of the training digits' mean box size centred on the canvas.
 - Random point: the expected hit rate of a uniformly random point (mean box area / canvas area).
@@ -68,57 +69,60 @@ def train(config, workdir: str) -> str:
 
 
 def trace_test_split(config, workdir: str, batch_size: int = 240):
-    """Per test image: labels, predictions, score maps per objective, and the CAM of the predicted class."""
+    """Per test image: labels, predictions, the score maps of every (objective, top features), and the CAM
+    of the predicted class."""
     import jax
 
     model = models.build(config.model)
     variables, step = init_from.restore_variables(workdir)
+    variants = [(o, t) for o in gradcat.OBJECTIVES for t in gradcat.TOP_FEATURES]
 
     @jax.jit
     def run(images):
         out = {}
-        for objective in gradcat.OBJECTIVES:
+        for objective, top in variants:
             logits, _, features, grads = gradcat.level_features_and_gradients(model, variables, images, None,
-                                                                              objective)
-            out[objective] = gradcat.score_maps(features, grads)
+                                                                              objective, top)
+            out[objective, top] = gradcat.score_maps(features, grads)
         _, state = model.apply(variables, images, train=False, mutable=["intermediates"])
         return logits, out, state["intermediates"]["feature_map"][0]
 
-    labels, logits, maps, feature_maps = [], [], {o: [] for o in gradcat.OBJECTIVES}, []
+    labels, logits, feature_maps, maps = [], [], [], {v: [] for v in variants}
     for batch in data.eval_batches(config.dataset, global_batch_size=batch_size):
         keep = np.asarray(batch["mask"]) > 0
         batch_logits, batch_maps, feature_map = jax.device_get(run(batch["image"]))
         labels.append(np.asarray(batch["label"])[keep])
         logits.append(batch_logits[keep])
         feature_maps.append(feature_map[keep])
-        for o in gradcat.OBJECTIVES:
-            maps[o].append([m[keep] for m in batch_maps[o]])
-    logits = np.concatenate(logits)
-    predictions = logits.argmax(-1)
+        for v in variants:
+            maps[v].append([m[keep] for m in batch_maps[v]])
+    predictions = np.concatenate(logits).argmax(-1)
     head = variables["params"]["head"]
     cams = gradcat.class_activation_maps(np.concatenate(feature_maps), head["kernel"], head["bias"], predictions)
-    maps = {o: [np.concatenate([batch[level] for batch in per_batch]) for level in range(len(per_batch[0]))]
-            for o, per_batch in maps.items()}
+    maps = {v: [np.concatenate([batch[level] for batch in per_batch]) for level in range(len(per_batch[0]))]
+            for v, per_batch in maps.items()}
     return dict(step=step, labels=np.concatenate(labels), predictions=predictions, maps=maps, cams=cams)
 
 
 def evaluate(result, true_boxes, mean_box, size: int):
-    """Rows (method, what, scores) and the predicted points / boxes used for the picture."""
+    """(main rows, variant rows, what the picture shows); a row is (method, prediction, scores)."""
     count = len(true_boxes)
-    rows, shown = [], {}
-    for objective in gradcat.OBJECTIVES:
+    rows, variant_rows, shown = [], [], {}
+    for (objective, top), maps in result["maps"].items():
         for child_scores in gradcat.CHILD_SCORES:
-            paths = gradcat.traverse(result["maps"][objective], (size, size), result["predictions"], child_scores)
+            paths = gradcat.traverse(maps, (size, size), result["predictions"], child_scores)
             boxes = np.stack([p.boxes for p in paths])  # [n, levels, 4], top level first
-            name = f"GradCAT ({objective}, {child_scores})"
-            leaf = boxes[:, -1]
-            rows.append((name, f"centre of the leaf block ({leaf[0, 2] - leaf[0, 0]} px)",
-                         localization.scores(true_boxes, points=localization.box_centres(leaf))))
-            for k in range(boxes.shape[1] - 1, -1, -1):
-                side = boxes[0, k, 2] - boxes[0, k, 0]
-                rows.append((name, f"level {paths[0].levels[k]} box ({side}x{side} px)",
-                             localization.scores(true_boxes, boxes=boxes[:, k])))
-            if (objective, child_scores) == (gradcat.OBJECTIVES[0], gradcat.CHILD_SCORES[0]):
+            leaf = localization.scores(true_boxes, points=localization.box_centres(boxes[:, -1]))
+            per_level = {int(p): localization.scores(true_boxes, boxes=boxes[:, k])
+                         for k, p in enumerate(paths[0].levels)}
+            variant_rows.append(((objective, child_scores, top), leaf, per_level))
+            if (objective, child_scores, top) == ("logit", "parent", "normalized"):  # the defaults
+                name = "GradCAT (defaults)"
+                rows.append((name, f"centre of the leaf block ({boxes[0, -1, 2] - boxes[0, -1, 0]} px)", leaf))
+                for k in range(boxes.shape[1] - 1, -1, -1):
+                    side = boxes[0, k, 2] - boxes[0, k, 0]
+                    rows.append((name, f"level {paths[0].levels[k]} block ({side}x{side} px)",
+                                 per_level[int(paths[0].levels[k])]))
                 shown["gradcat"] = paths
     cam_points = localization.map_points(result["cams"], size, size)
     cam_boxes = localization.map_boxes(result["cams"], size, size)
@@ -131,40 +135,54 @@ def evaluate(result, true_boxes, mean_box, size: int):
     areas = (true_boxes[:, 2] - true_boxes[:, 0]) * (true_boxes[:, 3] - true_boxes[:, 1]) / (size * size)
     rows.append(("Random point", "expected: mean box area / canvas area", {"point_hit": float(areas.mean())}))
     shown.update(cam_points=cam_points, cam_boxes=cam_boxes, centre=centre)
-    return rows, shown
+    return rows, variant_rows, shown
+
+
+def percent(scores, key):
+    return f"{100 * scores[key]:.1f}%" if key in scores else ""
 
 
 def table(rows) -> str:
-    fmt = lambda s, k: f"{100 * s[k]:.1f}%" if k in s else ""
     lines = ["| method | prediction | point in box | box IoU >= 0.5 | mean IoU |", "|---|---|---|---|---|"]
-    lines += [f"| {m} | {w} | {fmt(s, 'point_hit')} | {fmt(s, 'box_hit')} | "
-              f"{s['mean_iou']:.3f} |" if "mean_iou" in s else f"| {m} | {w} | {fmt(s, 'point_hit')} | | |"
+    lines += [f"| {m} | {w} | {percent(s, 'point_hit')} | {percent(s, 'box_hit')} | "
+              f"{s['mean_iou']:.3f} |" if "mean_iou" in s else f"| {m} | {w} | {percent(s, 'point_hit')} | | |"
               for m, w, s in rows]
     return "\n".join(lines)
 
 
-def picture(rows, shown, images, true_boxes, result, path: str, count: int = 8) -> None:
-    points = [(f"{m}\n{w}", s["point_hit"]) for m, w, s in rows if "point_hit" in s and
-              (m.startswith("GradCAT (logit") or not m.startswith("GradCAT"))]
-    fig = plt.figure(figsize=(16, 7.5))
-    bar_ax = fig.add_axes([0.05, 0.58, 0.9, 0.36])
+def variant_table(variant_rows) -> str:
+    levels = sorted(variant_rows[0][2])
+    lines = ["| objective | children scored by | top-level features | leaf centre in box | " +
+             " | ".join(f"level {k} block IoU >= 0.5 / mean IoU" for k in levels) + " |",
+             "|---|---|---|---|" + "---|" * len(levels)]
+    for (objective, child_scores, top), leaf, per_level in variant_rows:
+        lines.append(f"| {objective} | {child_scores} | {top} | {percent(leaf, 'point_hit')} | " +
+                     " | ".join(f"{percent(per_level[k], 'box_hit')} / {per_level[k]['mean_iou']:.3f}" for k in levels)
+                     + " |")
+    return "\n".join(lines)
+
+
+def picture(rows, variant_rows, shown, images, true_boxes, result, path: str, count: int = 8) -> None:
+    points = [("GradCAT\n" + "\n".join(v), leaf["point_hit"]) for v, leaf, _ in variant_rows]
+    points += [(f"{m}\n{w}", s["point_hit"]) for m, w, s in rows if "point_hit" in s and not m.startswith("GradCAT")]
+    fig = plt.figure(figsize=(16, 7.8))
+    bar_ax = fig.add_axes([0.05, 0.6, 0.92, 0.35])
     bar_ax.bar(range(len(points)), [100 * v for _, v in points], color="#377eb8")
-    bar_ax.set_xticks(range(len(points)), [n for n, _ in points], fontsize=7)
+    bar_ax.set_xticks(range(len(points)), [n for n, _ in points], fontsize=6.5)
     bar_ax.set_ylabel("point in the digit's box (%)")
     bar_ax.set_ylim(0, 100)
     for i, (_, v) in enumerate(points):
         bar_ax.text(i, 100 * v + 1, f"{100 * v:.1f}", ha="center", fontsize=8)
     for i in range(count):
-        ax = fig.add_axes([0.02 + i * 0.122, 0.03, 0.115, 0.42])
-        ax.imshow(images[i], interpolation="nearest")
+        ax = fig.add_axes([0.02 + i * 0.122, 0.02, 0.115, 0.4])
         gradcat.draw_traversal(ax, images[i], shown["gradcat"][i], f"true {result['labels'][i]}, pred "
                                f"{result['predictions'][i]}")
         for box, color, style in ((true_boxes[i], "#00ff00", "-"), (shown["cam_boxes"][i], "#ffffff", "--")):
             ax.add_patch(patches.Rectangle((box[1] - 0.5, box[0] - 0.5), box[3] - box[1], box[2] - box[0], fill=False,
                                            edgecolor=color, linewidth=1.2, linestyle=style))
         ax.plot(shown["cam_points"][i][1] - 0.5, shown["cam_points"][i][0] - 0.5, "w+", markersize=8)
-    fig.text(0.02, 0.47, "Test canvases: GradCAT (logit, parent) path (red/orange/yellow, level and score), true box "
-             "(green), CAM box (white dashed) and CAM maximum (white +)", fontsize=9)
+    fig.text(0.02, 0.45, "First test canvases: GradCAT path with the defaults (red, orange, yellow: levels 2, 1, 0 "
+             "with their scores), true box (green), CAM box (white dashed) and CAM maximum (white +)", fontsize=9)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -181,7 +199,7 @@ def main():
     train_boxes = canvas_digits.scale_boxes(canvas_digits.boxes("train"), size)
     mean_box = (float((train_boxes[:, 2] - train_boxes[:, 0]).mean()), float((train_boxes[:, 3] - train_boxes[:, 1]).mean()))
     result = trace_test_split(config, args.workdir)
-    rows, shown = evaluate(result, true_boxes, mean_box, size)
+    rows, variant_rows, shown = evaluate(result, true_boxes, mean_box, size)
     accuracy = float((result["predictions"] == result["labels"]).mean())
     records = read_metrics(args.workdir)
     speed = sorted(r["train/steps_per_sec"] for r in records if "train/steps_per_sec" in r)
@@ -194,6 +212,8 @@ def main():
             f"{result['step']}). Every method traces the predicted class; the boxes are the digits' tight boxes on "
             f"the 64x64 canvas (mean training box {mean_box[0]:.1f} x {mean_box[1]:.1f} px).\n\n"
             + table(rows) +
+            "\n\nGradCAT's variants (evaluate/gradcat.py; the defaults are logit, parent, normalized): the point is "
+            "the centre of the leaf block, the boxes the path's blocks.\n\n" + variant_table(variant_rows) +
             f"\n\nTraining wall time: {wall}; median {speed[len(speed) // 2]:.2f} training steps/s on "
             f"{os.cpu_count()} CPU cores shared with other jobs (load average {load[0]:.1f} / {load[1]:.1f} / "
             f"{load[2]:.1f} when this file was written).\n\n"
@@ -204,7 +224,8 @@ def main():
     from tokenlearner_jax.visualize import display_images
 
     images = display_images(np.asarray(batch["image"]), config.dataset.normalize)
-    picture(rows, shown, images, true_boxes, result, os.path.join(args.results, "gradcat_localization.png"))
+    picture(rows, variant_rows, shown, images, true_boxes, result,
+            os.path.join(args.results, "gradcat_localization.png"))
     with open(os.path.join(args.results, "gradcat_localization.md"), "w", encoding="utf-8") as f:
         f.write(text)
     print(text)

@@ -75,15 +75,6 @@ def test_bad_inputs_fail_with_one_clear_message():
         frechet.statistics(np.zeros((1, 3)))
 
 
-def test_inception_network_checks_the_file_then_says_it_is_not_implemented(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no such InceptionV3 weights file"):
-        frechet.inception_network(str(tmp_path / "missing.npz"))
-    weights = tmp_path / "inception.npz"
-    np.savez(weights, w=np.zeros(1))
-    with pytest.raises(NotImplementedError, match="network='classifier'"):
-        frechet.inception_network(str(weights))
-
-
 @pytest.mark.parametrize("normalize", ["minus_one_one", "imagenet", "unit"])
 def test_conversion_from_minus_one_one_matches_the_data_pipeline(normalize):
     pixels = np.random.default_rng(4).integers(0, 256, (2, 5, 5, 3)).astype(np.uint8)

@@ -101,13 +101,36 @@ def tiny_nest():
 
 
 @functools.cache
-def nest_run():
+def nest_run(top_features="level"):
     """(images, targets, level_features_and_gradients' result per objective) of the tiny NesT."""
     model, variables = tiny_nest()
     images = jax.random.normal(jax.random.key(2), (3, 16, 16, 3))
     targets = jnp.array([0, 3, 4])
-    run = jax.jit(functools.partial(gradcat.level_features_and_gradients, model), static_argnames="objective")
+    run = jax.jit(functools.partial(gradcat.level_features_and_gradients, model, top_features=top_features),
+                  static_argnames="objective")
     return images, targets, {o: run(variables, images, targets, objective=o) for o in gradcat.OBJECTIVES}
+
+
+def test_the_raw_top_level_scores_nothing_and_the_normalised_one_is_the_cam():
+    """A LayerNorm follows NesT's top level, so gradient x activation of the raw top grid vanishes at every
+    position; after the norm it is (CAM - head bias) / positions, while the lower levels' maps are the same."""
+    model, variables = tiny_nest()
+    images, targets, raw = nest_run("level")
+    _, _, normalized = nest_run("normalized")
+    raw_maps = gradcat.score_maps(*raw["logit"][2:])
+    maps = gradcat.score_maps(*normalized["logit"][2:])
+    assert np.abs(raw_maps[2]).max() < 1e-4 * np.abs(raw_maps[0]).max()
+    for level in (0, 1):
+        np.testing.assert_allclose(maps[level], raw_maps[level], rtol=1e-5, atol=1e-7)
+    _, state = jax.jit(lambda v, x: model.apply(v, x, mutable=["intermediates"]))(variables, images)
+    feature_map = state["intermediates"]["feature_map"][0]
+    np.testing.assert_allclose(normalized["logit"][2][2], feature_map, atol=1e-6)  # the head_norm output
+    head = variables["params"]["head"]
+    cams = gradcat.class_activation_maps(feature_map, head["kernel"], head["bias"], targets)
+    np.testing.assert_allclose(np.asarray(maps[2]) * 4 + np.asarray(head["bias"])[targets][:, None, None], cams,
+                               rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="top_features='pre'"):
+        gradcat.level_features_and_gradients(model, variables, images, top_features="pre")
 
 
 def test_nest_level_gradients_match_the_head_analytically_and_finite_differences():

@@ -230,14 +230,14 @@ def sample_grid(images: np.ndarray, columns: int) -> np.ndarray:
     return grid
 
 
-def generator_samples(workdir: str, num_images: int, seed: int = 0) -> dict:
-    """dict(step, images=float32 [n, h, w, 3] in [0, 1]): the EMA generator of the gan run in `workdir` on
-    `num_images` latents drawn from N(0, I) with key `seed`."""
+def generator_samples(workdir: str, num_images: int, seed: int = 0, step=None) -> dict:
+    """dict(step, images=float32 [n, h, w, 3] in [0, 1]): the EMA generator of the gan run in `workdir` (at
+    the checkpoint of `step`, default the latest) on `num_images` latents drawn from N(0, I) with key `seed`."""
     import jax
 
     from tokenlearner_jax.tasks import gan
 
-    generator, variables, step = gan.restore_generator(workdir)
+    generator, variables, step = gan.restore_generator(workdir, step)
     latents = jax.random.normal(jax.random.key(seed), (num_images, generator.latent_dim))
     images = jax.jit(lambda v, z: generator.apply(v, z, train=False))(variables, latents)
     return dict(step=step, images=np.clip((np.asarray(images, np.float32) + 1.0) / 2.0, 0.0, 1.0))

@@ -9,9 +9,9 @@ A `FeatureNetwork` maps images to the features; which one is config (`config.gan
 - 'classifier' (default): the pre-logit features of a classifier checkpoint trained by this project,
   usually on the same data (built by tasks/gan.py, which may read checkpoints); tables must name it,
   since such distances are not comparable with published FIDs.
-- 'inception_v3': InceptionV3's pool-3 features from a weights file the user supplies (.safetensors or
-  .npz). Not implemented in this version: there is no independent InceptionV3 reference on this machine
-  to test a Flax forward pass against, so `inception_network` checks the file and raises a clear error.
+- 'inception_v3': InceptionV3's pool-3 features (evaluate/inception.py) from a weights file the user
+  supplies (.safetensors or .npz, torchvision's state_dict names); 'inception_v3_fid' the same with the
+  blocks of the TensorFlow graph FID is defined with (for pytorch-fid's FID weights: the standard FID).
 """
 
 import dataclasses
@@ -25,7 +25,7 @@ import scipy.linalg
 
 from tokenlearner_jax.data import preprocess
 
-NETWORKS = ("classifier", "inception_v3")
+NETWORKS = ("classifier", "inception_v3", "inception_v3_fid")
 
 
 class RunningStatistics:
@@ -119,13 +119,14 @@ def normalize_from_minus_one_one(images: jax.Array, normalize: str) -> jax.Array
     return (images + 1.0) * 127.5 * jnp.asarray(scale) + jnp.asarray(offset)
 
 
-def inception_network(weights_path: str) -> FeatureNetwork:
-    """InceptionV3 pool-3 features from `weights_path` (.safetensors or .npz): see the module docstring."""
+def inception_network(weights_path: str, fid_blocks: bool = False) -> FeatureNetwork:
+    """InceptionV3 pool-3 features from `weights_path` (.safetensors or .npz; evaluate/inception.py)."""
+    from tokenlearner_jax.evaluate import inception  # pylint: disable=g-import-not-at-top
+
     if not weights_path or not os.path.exists(weights_path):
         raise FileNotFoundError(f"config.gan.fd.path={weights_path!r}: no such InceptionV3 weights file")
-    if not weights_path.endswith((".safetensors", ".npz")):
-        raise ValueError(f"config.gan.fd.path={weights_path!r}: expected a .safetensors or .npz file")
-    raise NotImplementedError(
-        "config.gan.fd.network='inception_v3': the InceptionV3 forward pass is not implemented in this version "
-        "(no independent reference to test it against here); use network='classifier' with the workdir of a "
-        "classifier trained on the same data")
+    model = inception.InceptionV3(fid_blocks=fid_blocks)
+    variables = inception.variables_from_torchvision(inception.read_weights(weights_path), model)
+    blocks = "FID blocks" if fid_blocks else "torchvision blocks"
+    return FeatureNetwork(name=f"InceptionV3 pool-3 ({blocks}, {os.path.abspath(weights_path)}), 2048-d",
+                          dim=inception.FEATURES, apply=lambda images: model.apply(variables, images))

@@ -7,7 +7,15 @@ features A_l `[h_l, w_l, C_l]` get a score map
 
     h_l = sum over channels of A_l * dY_c / dA_l        `[h_l, w_l]`
 
-(gradient times activation: the first-order share of each position in Y_c). `objective='logit'` takes
+(gradient times activation: the first-order share of each position in Y_c). The top level's features are
+taken after the head's LayerNorm (NesT's 'head_norm', `top_features='normalized'`, the default): its
+output is invariant to the scale of each position's input, so gradient times activation of the raw top
+level is zero at every position (up to the LayerNorm's epsilon) and carries no information; after the
+norm, h is the CAM of class c minus its bias, over the number of positions (NesT's head is a mean and a
+Dense). `top_features='level'` takes the raw output (and a model without 'head_norm' always does).
+The lower levels' outputs go through the next aggregation's conv, which has a bias, before a LayerNorm,
+so their maps are not degenerate, though they nearly sum to zero over a whole level when the conv's
+bias is small. `objective='logit'` takes
 Y_c as the class logit; 'log_softmax' takes its log-probability, whose gradient is minus that of the
 cross-entropy loss of class c. The traversal starts at the top level's block of highest mean score (the
 only one on a square image) and walks down, each time to the child of highest score among the node's
@@ -36,7 +44,9 @@ import numpy as np
 
 OBJECTIVES = ("logit", "log_softmax")
 CHILD_SCORES = ("parent", "child")
+TOP_FEATURES = ("normalized", "level")
 _LEVEL = re.compile(r"^level_(\d+)$")
+_HEAD_NORM = "head_norm"
 
 
 @dataclasses.dataclass
@@ -60,16 +70,16 @@ class Traversal:
 
 
 def _apply_with_levels(model, variables, images, deltas):
-    """logits and {level name: output `[b, h, w, c]`} of the model's direct children named level_<i>;
-    with `deltas` ({name: array}) each level's output gets its delta added (zeros: a gradient probe)."""
+    """logits and {name: output `[b, h, w, c]`} of the model's direct children named level_<i> or head_norm;
+    with `deltas` ({name: array}) those outputs get their delta added (zeros: a gradient probe)."""
     outputs = {}
 
     def interceptor(next_fun, args, kwargs, context):
         out = next_fun(*args, **kwargs)
         name = context.module.name
-        if (context.method_name == "__call__" and isinstance(name, str) and _LEVEL.match(name)
+        if (context.method_name == "__call__" and isinstance(name, str) and (_LEVEL.match(name) or name == _HEAD_NORM)
                 and len(context.module.scope.path) == 1):
-            if deltas is not None:
+            if deltas is not None and name in deltas:
                 out = out + deltas[name]
             outputs[name] = out
         return out
@@ -79,14 +89,17 @@ def _apply_with_levels(model, variables, images, deltas):
     return logits, outputs
 
 
-def level_features_and_gradients(model, variables, images, targets=None, objective: str = "logit"):
+def level_features_and_gradients(model, variables, images, targets=None, objective: str = "logit",
+                                 top_features: str = "normalized"):
     """Every level's features and the gradient of the target class's objective with respect to them.
 
     Args:
       model: a Flax module whose direct submodules `level_0 ... level_{L-1}` output grids `[b, h, w, c]`
-        (NesT), called as `model.apply(variables, images, train=False) -> logits [b, classes]`.
+        (NesT), called as `model.apply(variables, images, train=False) -> logits [b, classes]`; a direct
+        submodule `head_norm` of the top level's output shape gives the normalised top features.
       targets: int `[b]` classes to trace; None takes the predicted ones.
       objective: 'logit' | 'log_softmax' (module docstring).
+      top_features: 'normalized' | 'level' (module docstring).
 
     Returns:
       (logits `[b, classes]`, targets `[b]`, features, gradients): lists over levels 0..L-1 of `[b, h_l, w_l, c_l]`.
@@ -94,11 +107,15 @@ def level_features_and_gradients(model, variables, images, targets=None, objecti
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"objective={objective!r}: expected one of {OBJECTIVES}")
+    if top_features not in TOP_FEATURES:
+        raise ValueError(f"top_features={top_features!r}: expected one of {TOP_FEATURES}")
     shapes = jax.eval_shape(lambda: _apply_with_levels(model, variables, images, None)[1])
-    names = sorted(shapes, key=lambda n: int(_LEVEL.match(n).group(1)))
+    names = sorted((n for n in shapes if _LEVEL.match(n)), key=lambda n: int(_LEVEL.match(n).group(1)))
     if [int(_LEVEL.match(n).group(1)) for n in names] != list(range(len(names))) or not names:
         raise ValueError(f"{type(model).__name__} has levels {names}: expected submodules level_0 ... level_(L-1)")
-    zeros = {name: jnp.zeros(s.shape, s.dtype) for name, s in shapes.items()}
+    if top_features == "normalized" and _HEAD_NORM in shapes and shapes[_HEAD_NORM].shape == shapes[names[-1]].shape:
+        names[-1] = _HEAD_NORM
+    zeros = {name: jnp.zeros(shapes[name].shape, shapes[name].dtype) for name in names}
 
     def objective_sum(deltas):
         logits, outputs = _apply_with_levels(model, variables, images, deltas)
@@ -174,11 +191,13 @@ def traverse(maps, image_shape, targets, child_scores: str = "parent"):
     return results
 
 
-def gradcat(model, variables, images, targets=None, *, objective: str = "logit", child_scores: str = "parent"):
+def gradcat(model, variables, images, targets=None, *, objective: str = "logit", child_scores: str = "parent",
+            top_features: str = "normalized"):
     """(logits `[b, classes]` as NumPy, [Traversal per image]) of NesT `model` on images `[b, h, w, c]`."""
     @jax.jit
     def run(variables, images, targets):
-        logits, chosen, features, grads = level_features_and_gradients(model, variables, images, targets, objective)
+        logits, chosen, features, grads = level_features_and_gradients(model, variables, images, targets, objective,
+                                                                       top_features)
         return logits, chosen, score_maps(features, grads)
 
     logits, chosen, maps = run(variables, images, targets)

@@ -55,8 +55,8 @@ def default_config() -> dict:
     generator_optimizer, discriminator_optimizer: tasks/optimizer.py sections (SAGAN's recipe by default).
     discriminator_steps: discriminator updates per generator update, each on its share of the batch.
     ema_decay, ema_dynamic_decay: the generator EMA (tasks/base.ema_update), which eval samples.
-    fd: the Fréchet distance's features: network 'classifier' (path: the workdir of a classifier run) or
-      'inception_v3' (path: a weights file; not implemented, see evaluate/frechet.py); seed of the eval
+    fd: the Fréchet distance's features: network 'classifier' (path: the workdir of a classifier run),
+      'inception_v3' or 'inception_v3_fid' (path: a weights file, evaluate/frechet.py); seed of the eval
       latents; train_command: the command that makes `path`, quoted by the error when it is missing."""
     return dict(gan=dict(
         generator=dict(gennest.default_config(), name="gennest"),
@@ -129,13 +129,13 @@ def feature_network_from_config(fd_config) -> frechet.FeatureNetwork:
     check_feature_source(fd_config)
     if fd_config.network == "classifier":
         return classifier_network(fd_config.path)
-    return frechet.inception_network(fd_config.path)
+    return frechet.inception_network(fd_config.path, fid_blocks=fd_config.network == "inception_v3_fid")
 
 
-def restore_generator(workdir: str):
+def restore_generator(workdir: str, step: Optional[int] = None):
     """(generator module, its EMA variables {'params': ..., other collections} as NumPy, step) of the
-    latest checkpoint of the gan run in `workdir` (its config.json names the generator); only the
-    generator's EMA and its other collections are read."""
+    checkpoint of `step` (default: the latest) of the gan run in `workdir` (its config.json names the
+    generator); only the generator's EMA and its other collections are read."""
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found: expected the workdir of a gan run")
@@ -148,9 +148,10 @@ def restore_generator(workdir: str):
     directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
     with ocp.CheckpointManager(directory, item_names=("state",),
                                item_handlers={"state": ocp.PyTreeCheckpointHandler()}) as manager:
-        step = manager.latest_step()
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {directory}")
+        step = manager.latest_step() if step is None else step
+        if step is None or step not in manager.all_steps():
+            raise FileNotFoundError(f"no checkpoint{'' if step is None else f' of step {step}'} in {directory} "
+                                    f"(steps: {list(manager.all_steps())})")
         tree = manager.item_metadata(step)["state"].tree
         item = {"generator_ema": tree["generator_ema"], "generator_state": tree.get("generator_state") or {}}
         restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
@@ -186,9 +187,12 @@ def _apply(module, params, state: dict, inputs, train: bool):
     return module.apply(variables, inputs, train=train), state
 
 
-def _fingerprint(images) -> jax.Array:
-    """A uint32 that differs between batches: the bits of the float32 sum of the pixels."""
-    return jax.lax.bitcast_convert_type(jnp.sum(images.astype(jnp.float32)), jnp.uint32)
+def eval_latents(images, seed: int, latent_dim: int) -> jax.Array:
+    """The latents `[batch, latent_dim]` that evaluation pairs with a batch of real images `[batch, ...]`:
+    N(0, I) from key `seed` folded with the bits of the float32 sum of the batch's pixels."""
+    fingerprint = jax.lax.bitcast_convert_type(jnp.sum(images.astype(jnp.float32)), jnp.uint32)
+    return jax.random.normal(jax.random.fold_in(jax.random.key(seed), fingerprint), (images.shape[0], latent_dim),
+                             jnp.float32)
 
 
 class FrechetAccumulator(base.EvalAccumulator):
@@ -342,8 +346,7 @@ class GanTask(base.Task):
 
     def eval_step(self, state: GanState, batch: dict):
         images = batch["image"]
-        key = jax.random.fold_in(jax.random.key(self.config.gan.fd.seed), _fingerprint(images))
-        latents = jax.random.normal(key, (images.shape[0], self.latent_dim), jnp.float32)
+        latents = eval_latents(images, self.config.gan.fd.seed, self.latent_dim)
         generated, _ = self.generate(state.generator_ema, state.generator_state, latents)
         features = self.feature_network.apply
         return {"real": features(images), "generated": features(generated), "mask": batch["mask"]}

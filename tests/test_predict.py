@@ -134,6 +134,7 @@ def test_class_names_of_each_kind_of_dataset(tmp_path, monkeypatch):
     for split in ("train", "test"):
         for name in ("cat", "dog"):
             (tmp_path / "folder" / split / name).mkdir(parents=True)
+            Image.new("RGB", (4, 4)).save(tmp_path / "folder" / split / name / "a.png")  # an empty class is an error
     assert source(name="image_folder", data_dir=str(tmp_path / "folder")).class_names == ("cat", "dog")
     images, labels = digits.load_split_arrays()["train"]
     monkeypatch.setattr(digits, "load_split_arrays", lambda: {s: (images[:3], labels[:3]) for s in ("train", "test")})

@@ -2,6 +2,7 @@
 itself are verified at restore; damage is quarantined, a differently shaped state is refused without
 moving anything, non-finite states are never written, and a failed asynchronous write is reported."""
 
+import contextlib
 import json
 import logging
 import os
@@ -217,22 +218,25 @@ def test_a_state_with_nan_or_inf_is_never_written(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["5"]
 
 
-@pytest.fixture
-def file_size_limit():
-    """Sets RLIMIT_FSIZE (writes past it fail with EFBIG, like a full disk) until the test ends."""
+@contextlib.contextmanager
+def file_size_limit(size: int):
+    """RLIMIT_FSIZE of `size` bytes (writes past it fail with EFBIG, like a full disk) inside the block
+    only: pytest's own output (a file, under CI) must not meet it."""
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    yield lambda size: resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-    signal.signal(signal.SIGXFSZ, previous)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
 
 
-def test_a_failed_asynchronous_write_is_reported_by_the_next_poll_in_one_line(tmp_path, file_size_limit, caplog):
+def test_a_failed_asynchronous_write_is_reported_by_the_next_poll_in_one_line(tmp_path, caplog):
     checkpointer = checkpoint_lib.Checkpointer(str(tmp_path), keep=5, async_save=True)
     checkpointer.save(1, _state(), ITERATOR)
     checkpointer.wait()
-    file_size_limit(2048)
-    with caplog.at_level(logging.INFO):
+    with file_size_limit(2048), caplog.at_level(logging.INFO):
         checkpointer.save(2, _state(), ITERATOR)
         deadline = time.time() + 60
         while checkpointer.failed_save() is None and time.time() < deadline:
@@ -260,9 +264,8 @@ def test_what_a_failed_write_leaves_behind_is_not_printed_but_other_errors_are(m
     assert printed == ["a real problem"]
 
 
-def test_the_write_probe_is_removed_when_the_disk_is_full(tmp_path, file_size_limit):
-    file_size_limit(4096)
-    with pytest.raises(OSError, match=f"workdir {tmp_path} is not writable"):
+def test_the_write_probe_is_removed_when_the_disk_is_full(tmp_path):
+    with file_size_limit(4096), pytest.raises(OSError, match=f"workdir {tmp_path} is not writable"):
         checkpoint_lib.check_writable(str(tmp_path))
     assert os.listdir(tmp_path) == []
 

@@ -28,6 +28,13 @@ def test_warmup_then_cosine_linear_and_constant_decay():
         optimizer.learning_rate_schedule(opt_config(decay="step"), 10)
 
 
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), 1e39, -1e-3])
+def test_a_learning_rate_that_is_not_a_finite_float32_is_refused(value):
+    with pytest.raises(ValueError, match="config.optimizer.learning_rate"):
+        optimizer.validate(opt_config(learning_rate=value))
+    optimizer.validate(opt_config(learning_rate=1e38))  # large, but finite in float32
+
+
 def test_weight_decay_skips_biases_norms_and_position_embeddings():
     params = {"stem": {"embedding": {"kernel": 1, "bias": 1}}, "cls": 1,
               "posembed_input": {"pos_embedding": 1}, "encoder_norm": {"scale": 1, "bias": 1},

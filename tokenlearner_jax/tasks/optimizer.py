@@ -11,6 +11,8 @@ DECAYS = ("cosine", "linear", "constant")
 DEFAULT_WEIGHT_DECAY_EXCLUDE = (r"/bias$", r"/scale$", r"pos_embedding$", r"/cls$", r"^cls$")
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # the optimizer computes in float32: a larger value is inf there
+
 def default_config(**overrides) -> dict:
     """Every field of an optimizer section (`config.optimizer`), with `overrides` applied.
 
@@ -39,7 +41,7 @@ def validate(opt_config, field: str = "optimizer") -> None:
     check(opt_config.decay in DECAYS, "decay", f"one of {DECAYS}")
     for name in ("learning_rate", "end_learning_rate", "weight_decay", "grad_clip_norm", "eps"):
         value = opt_config[name]
-        check(value >= 0 and value != float("inf"), name, "a finite value >= 0")
+        check(value >= 0 and value <= FLOAT32_MAX, name, f"a finite value >= 0 (at most {FLOAT32_MAX:.3g}: float32)")
     check(opt_config.warmup_steps >= 0, "warmup_steps", ">= 0")
     for name in ("b1", "b2", "momentum"):
         check(0 <= opt_config[name] < 1, name, "in [0, 1)")

@@ -184,8 +184,9 @@ def _check_finite(window, skip: bool):
 
 
 def _summary(window: TrainWindow, batch_size: int, elapsed: float, skip: bool) -> dict:
-    """Training metrics averaged over the steps since the last log line, with the rates. The rates
-    count the steps this process ran (a window carried through a checkpoint counts after a resume)."""
+    """Training metrics averaged over the steps since the last log line, with the rates. In the first
+    window after a resume, the steps carried in from the checkpoint count towards the rates too, which
+    overstates them for that one window (rates are timings, never compared across runs)."""
     summary = window.summary(sums=("train/skipped",))
     summary["train/steps_per_sec"] = len(window) / elapsed
     summary["train/examples_per_sec"] = len(window) * batch_size / elapsed

@@ -14,8 +14,8 @@ nearest width that self-attention allows); discriminator: models/sagan_discrimin
 b1 = 0, b2 = 0.9, learning rates 1e-4 and 4e-4, batch 64 here, 1:1 steps, generator EMA 0.9999); the NesT
 paper's own CelebA recipe was not available to check against, and the 200k steps are ours.
 
-TFDS's celeb_a has attributes and landmarks but no 'label' feature, which the data pipeline requires
-today, so this config validates but does not yet train (see docs/nest.md).
+TFDS's celeb_a has attributes and landmarks but no 'label' feature: it is read as an unlabelled dataset,
+which only the gan task accepts.
 The Fréchet distance uses InceptionV3's pool-3 features: set config.gan.fd.path to a weights file made as
 docs/nest.md says. Not run here (no CelebA and no accelerator on the machine this was written on).
 """

@@ -55,23 +55,35 @@ TIMM_PACKAGES = "torch==2.14.1 torchvision==0.29.1 timm==1.0.31 safetensors"
 # ----------------------------------------------------------------------------------------------------
 # Our side (a worker process running this file with --worker).
 
+# family -> the config file whose recipe the family is timed with (configs/*.py)
+CONFIG_FILES = {"vit": "vit_b16.py", "vit_tl": "vit_b16_tl_half.py", "vivit_tl": "vivit_b16x2_tl_k400.py",
+                "poolformer": "poolformer_s12.py", "nest": "nest_tiny.py", "maxvit": "maxvit_tiny.py"}
+
+
+def load_config_file(name: str):
+    """`configs/<name>`'s get_config(), as main.py loads it (without command-line overrides)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"_benchmark_config_{name[:-3]}", os.path.join(ROOT, "configs", name))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(None)
+
+
 def benchmark_config(key: str, batch_size: int, frames: int = 8, dtype: str = "float32", image_size: int = 224):
-    """(config, DatasetInfo) of the family's ImageNet recipe (config_lib) at `batch_size`, computing in
-    `dtype` (parameters stay float32), `image_size` square."""
-    from tokenlearner_jax import config_lib, data
+    """(config, DatasetInfo) of the family's config file (`CONFIG_FILES`: its ImageNet / Kinetics recipe,
+    with `variant` as config.model.variant) at `batch_size`, computing in `dtype` (parameters stay float32),
+    `image_size` square, videos of `frames` frames."""
+    from tokenlearner_jax import data
 
     family, variant = key.split(":")
-    if family in ("vit", "vit_tl"):
-        config = config_lib.imagenet_config(config_lib.vit_model(variant, classifier="gap",
-                                                                 token_learner=family == "vit_tl"))
-    elif family == "vivit_tl":
-        config = config_lib.kinetics_vivit_config(400)
-        config.dataset.num_frames = frames
-    else:
-        config = getattr(config_lib, f"{family}_imagenet_config")(variant, batch_size=batch_size)
+    config = load_config_file(CONFIG_FILES[family])
+    config.model.variant = variant
     config.batch_size = config.eval_batch_size = batch_size
     config.model.dtype = dtype
     config.dataset.image_size = size = image_size
+    if config.dataset.num_frames > 0:
+        config.dataset.num_frames = frames
     shape = (size, size, 3) if config.dataset.num_frames <= 0 else (config.dataset.num_frames, size, size, 3)
     info = data.DatasetInfo(name="benchmark", num_classes=config.model.num_classes, image_shape=shape,
                             num_train=1_000_000, num_eval=0, multi_label=False)
@@ -88,7 +100,7 @@ def trainer_step(config, info):
 
     setup = trainer.Setup(config, info, total_steps=100_000)
     variables = lambda state: {"params": state.params, **state.model_state}
-    return setup.model, setup.init_state, setup.train_step, setup.to_global, setup.context, variables
+    return setup.task.model, setup.init_state, setup.train_step, setup.to_global, setup.context, variables
 
 
 class JaxSide:
@@ -134,8 +146,8 @@ class JaxSide:
     def _train_once(self):
         import jax
 
-        self.state, metrics = self.train_step(self.state, self.batch)
-        jax.block_until_ready((self.state, metrics))
+        self.state, metrics, finite = self.train_step(self.state, self.batch)
+        jax.block_until_ready((self.state, metrics, finite))
 
     def _infer_once(self):
         self.forward(self.variables(self.state), self.batch["image"]).block_until_ready()
@@ -215,7 +227,10 @@ def start_worker(side: dict, timm_python: str, log_path: str) -> worker_protocol
 
 def timm_spec(model: str, batch_size: int) -> dict:
     """The timm worker's setup arguments: timm's model and the same recipe extras as our config."""
+    from tokenlearner_jax import models
+
     from_config = benchmark_config(MODELS[model][1], batch_size)[0]  # imported in the driver: config only
+    drop_path_rate = models.build(from_config.model).drop_path_rate  # the variant's when the config says -1
     name, kwargs = MODELS[model][2]
     optimizer = from_config.optimizer
     if optimizer.name == "sgd":
@@ -225,7 +240,7 @@ def timm_spec(model: str, batch_size: int) -> dict:
         opt = {"name": optimizer.name, "lr": optimizer.learning_rate, "weight_decay": optimizer.weight_decay,
                "kwargs": {"betas": [optimizer.b1, optimizer.b2], "eps": optimizer.eps}}
     return dict(model=name, model_kwargs=kwargs, input_shape=[batch_size, 3, 224, 224],
-                num_classes=from_config.model.num_classes, drop_path_rate=from_config.model.drop_path_rate,
+                num_classes=from_config.model.num_classes, drop_path_rate=drop_path_rate,
                 mixup=dict(from_config.mixup), label_smoothing=from_config.label_smoothing, loss=from_config.loss,
                 optimizer=opt, clip=optimizer.grad_clip_norm, ema_decay=from_config.ema.decay)
 

@@ -350,14 +350,12 @@ def tfds_dir(tmp_path_factory):
 
     def builder_class(name, label_feature, make_label):
         def _info(self):
+            # No label_feature: unlabelled like celeb_a (images with attributes, no 'label').
+            other = {"label": label_feature} if label_feature is not None else {"smiling": tfds.features.Tensor(
+                shape=(), dtype=np.bool_)}
             return tfds.core.DatasetInfo(
                 builder=self,
-                features=tfds.features.FeaturesDict(
-                    {
-                        "image": tfds.features.Image(shape=(None, None, 3)),
-                        "label": label_feature,
-                    }
-                ),
+                features=tfds.features.FeaturesDict({"image": tfds.features.Image(shape=(None, None, 3)), **other}),
             )
 
         def _split_generators(self, dl_manager):
@@ -368,7 +366,8 @@ def tfds_dir(tmp_path_factory):
             rng = np.random.default_rng(n)
             for i in range(n):
                 image = rng.integers(0, 256, (20 + i, 30, 3), dtype=np.uint8)
-                yield i, {"image": image, "label": make_label(i)}
+                other = {"label": make_label(i)} if label_feature is not None else {"smiling": bool(i % 2)}
+                yield i, {"image": image, **other}
 
         return type(
             name,
@@ -391,6 +390,7 @@ def tfds_dir(tmp_path_factory):
     single(data_dir=str(root), file_format="array_record").download_and_prepare()
     multi(data_dir=str(root), file_format="array_record").download_and_prepare()
     tfrecord(data_dir=str(root), file_format="tfrecord").download_and_prepare()
+    builder_class("TlTestUnlabelled", None, None)(data_dir=str(root), file_format="array_record").download_and_prepare()
     return str(root)
 
 
@@ -431,3 +431,43 @@ def test_tfds_multi_label(tfds_dir):
 def test_tfds_tfrecord_only_is_rejected(tfds_dir):
     with pytest.raises(data.DatasetNotFoundError, match="array_record"):
         data.get_info(_config(name="tl_test_tfrecord", data_dir=tfds_dir))
+
+
+def test_an_unlabelled_tfds_dataset_trains_a_gan_and_is_refused_by_classification(tfds_dir):
+    """celeb_a's case: images and attributes, no 'label' feature."""
+    import jax
+    from flax.core import meta
+
+    from tokenlearner_jax import recipes
+    from tokenlearner_jax.evaluate import frechet
+    from tokenlearner_jax.tasks import gan
+    from tokenlearner_jax.train import trainer
+
+    dataset = dict(name="tl_test_unlabelled", data_dir=tfds_dir, image_size=16, eval_split="test",
+                   normalize="minus_one_one")
+    info = data.get_info(_config(**dataset))
+    assert (info.num_classes, info.num_train, info.num_eval, info.multi_label) == (0, 10, 5, False)
+    batch = next(data.train_iterator(_config(**dataset), global_batch_size=4, seed=0))
+    assert batch["image"].shape == (4, 16, 16, 3) and batch["label"].tolist() == [0, 0, 0, 0]
+    assert -1.0 <= batch["image"].min() < batch["image"].max() <= 1.0
+    (ev,) = list(data.eval_batches(_config(**dataset), global_batch_size=8))
+    assert ev["mask"].tolist() == [1] * 5 + [0] * 3
+
+    classification = recipes.base("classification")
+    classification.dataset.update(dataset)
+    with pytest.raises(ValueError, match=r"config.dataset.name='tl_test_unlabelled' has no labels .*task "
+                                         r"'classification' needs them"):
+        trainer.resolve_dataset(classification)
+
+    config = recipes.base("gan")
+    config.dataset.update(dataset)
+    config.batch_size = config.eval_batch_size = 4
+    config.gan.generator.update(variant="digits", dims=(16, 8, 8), num_heads=(1, 1, 1), latent_dim=8)
+    config.gan.discriminator.update(variant="digits", channels=8)
+    assert trainer.resolve_dataset(config) == info
+    pooled = frechet.FeatureNetwork(name="mean pixel", dim=3, apply=lambda images: images.mean(axis=(1, 2)))
+    task = gan.GanTask(config, info, total_steps=2, feature_network=pooled)
+    state = meta.unbox(jax.jit(task.init_state)(jax.random.key(0)))
+    state, metrics = jax.jit(task.train_step)(state, {k: jax.numpy.asarray(v) for k, v in batch.items()},
+                                             jax.random.key(1))
+    assert int(state.step) == 1 and all(np.isfinite(float(v)) for v in metrics.values())

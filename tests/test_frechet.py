@@ -75,6 +75,19 @@ def test_bad_inputs_fail_with_one_clear_message():
         frechet.statistics(np.zeros((1, 3)))
 
 
+def test_samples_holding_nan_give_a_nan_distance_instead_of_stopping_the_evaluation():
+    rng = np.random.default_rng(5)
+    real = rng.normal(size=(50, 4))
+    generated = rng.normal(size=(50, 4))
+    generated[3, 1] = np.nan
+    running = frechet.RunningStatistics(4)
+    running.add(generated)
+    mean, cov = frechet.statistics(real)
+    assert np.isnan(frechet.frechet_distance(mean, cov, running.mean(), running.covariance()))
+    assert np.isnan(frechet.frechet_distance(mean, cov, mean + np.inf, cov))
+    assert np.isfinite(frechet.frechet_distance(mean, cov, *frechet.statistics(generated[4:])))
+
+
 @pytest.mark.parametrize("normalize", ["minus_one_one", "imagenet", "unit"])
 def test_conversion_from_minus_one_one_matches_the_data_pipeline(normalize):
     pixels = np.random.default_rng(4).integers(0, 256, (2, 5, 5, 3)).astype(np.uint8)

@@ -27,15 +27,18 @@ def _prepare_hint(name: str, data_dir: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class _TfdsSplit(Sequence):
-    """A TFDS data source; element i is dict(image=uint8 [h, w, 3], label)."""
+    """A TFDS data source; element i is dict(image=uint8 [h, w, 3], label) (label 0 when unlabelled)."""
 
     data_source: Sequence[dict[str, Any]]
+    labelled: bool = True
 
     def __len__(self) -> int:
         return len(self.data_source)
 
     def __getitem__(self, index: int) -> Example:
         record = self.data_source[index]
+        if not self.labelled:
+            return {"image": preprocess.to_rgb_uint8(record["image"]), "label": 0}
         label = record["label"]
         label = np.asarray(label, np.int64) if np.ndim(label) else int(label)
         return {"image": preprocess.to_rgb_uint8(record["image"]), "label": label}
@@ -43,15 +46,16 @@ class _TfdsSplit(Sequence):
 
 @dataclasses.dataclass(frozen=True)
 class TfdsSource(DatasetSource):
-    """Any prepared TFDS dataset with 'image' and 'label' features."""
+    """Any prepared TFDS dataset with an 'image' feature and, unless it is unlabelled (num_classes 0, for
+    tasks that need no labels: celeb_a for the gan task), a 'label' feature."""
 
     builder: Any  # tfds.core.DatasetBuilder
 
     @property
     def class_names(self) -> tuple[str, ...]:
-        """The names of the dataset's ClassLabel, from its metadata."""
-        label = self.builder.info.features["label"]
-        return tuple(getattr(label, "feature", label).names)
+        """The names of the dataset's ClassLabel, from its metadata (none when unlabelled)."""
+        label = self.builder.info.features.get("label") if self.num_classes else None
+        return tuple(getattr(label, "feature", label).names) if label is not None else ()
 
     def split(self, split: str) -> _TfdsSplit:
         # Imported lazily: only TFDS datasets pay for importing TFDS.
@@ -70,7 +74,7 @@ class TfdsSource(DatasetSource):
             raise ValueError(
                 f"dataset {self.name!r}: cannot read split {split!r} (splits:" f" {splits}): {e}"
             ) from e
-        return _TfdsSplit(data_source)
+        return _TfdsSplit(data_source, labelled=self.num_classes > 0)
 
 
 def build(config: ml_collections.ConfigDict, registered: Sequence[str]) -> TfdsSource:
@@ -98,8 +102,10 @@ def build(config: ml_collections.ConfigDict, registered: Sequence[str]) -> TfdsS
             " array_record: " + _prepare_hint(name, data_dir)
         )
     features = builder.info.features
-    if "image" not in features or "label" not in features:
-        raise ValueError(f"dataset {name!r} needs 'image' and 'label' features, has" f" {sorted(features)}")
+    if "image" not in features:
+        raise ValueError(f"dataset {name!r} needs an 'image' feature, has {sorted(features)}")
+    if "label" not in features:  # e.g. celeb_a: only tasks that need no labels can use it
+        return TfdsSource(name=name, num_classes=0, multi_label=False, natural_images=True, builder=builder)
     label = features["label"]
     multi_label = isinstance(label, tfds.features.Sequence)
     class_label = label.feature if multi_label else label

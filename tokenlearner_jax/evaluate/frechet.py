@@ -75,13 +75,16 @@ def frechet_distance(mean_a, cov_a, mean_b, cov_b, eps: float = 1e-6) -> float:
     """The Fréchet distance between N(mean_a, cov_a) and N(mean_b, cov_b), in float64.
 
     When the product of the covariances is singular enough that its square root is not finite, eps * I
-    is added to both covariances (as the reference FID code does). Raises ValueError when the square
-    root has an imaginary part that is not round-off."""
+    is added to both covariances (as the reference FID code does). NaN when a statistic is not finite (a
+    generator whose samples hold NaN or Inf): an evaluation reports it instead of stopping the run. Raises
+    ValueError when the square root has an imaginary part that is not round-off."""
     mean_a, mean_b = np.asarray(mean_a, np.float64), np.asarray(mean_b, np.float64)
     cov_a, cov_b = np.asarray(cov_a, np.float64), np.asarray(cov_b, np.float64)
     if mean_a.shape != mean_b.shape or cov_a.shape != cov_b.shape or cov_a.shape != mean_a.shape * 2:
         raise ValueError(f"frechet_distance: means {mean_a.shape}, {mean_b.shape} and covariances {cov_a.shape}, "
                          f"{cov_b.shape} do not match")
+    if not all(np.all(np.isfinite(x)) for x in (mean_a, cov_a, mean_b, cov_b)):
+        return float("nan")
     root = scipy.linalg.sqrtm(cov_a @ cov_b)
     if not np.all(np.isfinite(root)):
         offset = eps * np.eye(cov_a.shape[0])

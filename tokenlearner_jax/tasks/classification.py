@@ -125,6 +125,9 @@ class Classification(Task):
 
     @classmethod
     def validate_data(cls, config, info) -> None:
+        if info.num_classes == 0:
+            raise ValueError(f"config.dataset.name={config.dataset.name!r} has no labels (no 'label' feature): "
+                             f"task {config.task!r} needs them; only the gan task trains on unlabelled data")
         if config.model.num_classes != info.num_classes:
             raise ValueError(f"config.model.num_classes={config.model.num_classes} but dataset "
                              f"{config.dataset.name!r} has {info.num_classes} classes")

@@ -19,7 +19,9 @@ import time
 import numpy as np
 from PIL import Image
 
-from tokenlearner_jax import config_lib, data
+from tokenlearner_jax import data
+
+import benchmark  # experiments/benchmark.py: the config files and the model labels
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
@@ -41,14 +43,13 @@ def write_jpegs(root: str, count: int, classes: int = 4, size=(500, 375), seed: 
 def recipes(root: str) -> dict:
     """name -> config.dataset: the ImageNet recipes of configs/ on the JPEG folder, and the digits."""
     out = {}
-    for name, config in (("inception crop + flip (ViT-B/16 recipe)", config_lib.imagenet_config(config_lib.vit_model())),
-                         ("+ RandAugment 2 x m9, random erasing 0.25 (NesT recipe)", config_lib.nest_imagenet_config("T")),
-                         ("+ RandAugment 2 x m15 (MaxViT recipe)", config_lib.maxvit_imagenet_config("T"))):
-        dataset = config.dataset
+    for name, file in (("inception crop + flip (ViT-B/16 recipe)", "vit_b16.py"),
+                       ("+ RandAugment 2 x m9, random erasing 0.25 (NesT recipe)", "nest_tiny.py"),
+                       ("+ RandAugment 2 x m15 (MaxViT recipe)", "maxvit_tiny.py")):
+        dataset = benchmark.load_config_file(file).dataset
         dataset.name, dataset.data_dir, dataset.train_split, dataset.num_classes = "image_folder", root, "train", -1
         out[name] = dataset
-    digits = config_lib.digits_vit_config(depth=2, location=0.5, num_train_steps=1, warmup_steps=0).dataset
-    out["digits 32px, shift (quickstart)"] = digits
+    out["digits 32px, shift (quickstart)"] = benchmark.load_config_file("quickstart.py").dataset
     return out
 
 
@@ -71,8 +72,6 @@ def train_rates() -> dict:
     path = os.path.join(RESULTS, "benchmark_cpu.json")
     if not os.path.exists(path):
         return {}
-    import benchmark  # experiments/benchmark.py: the labels
-
     with open(path, encoding="utf-8") as f:
         run = json.load(f)
     return {benchmark.MODELS[m["model"]][0]: run["batch_size"] / float(np.median(m["ours"]["train_times"]["wall"]))

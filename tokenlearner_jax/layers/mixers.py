@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from tokenlearner_jax.layers.attention import MultiHeadAttention
+from tokenlearner_jax.layers.depthwise import DepthwiseConv
 from tokenlearner_jax.layers.partitioning import param_with_axes
 
 MIXERS = ("pooling", "identity", "attention", "depthwise_conv", "spatial_mlp")
@@ -84,12 +85,10 @@ class DepthwiseConvMixer(nn.Module):
     def __call__(self, x, *, train: bool):
         """x: `[batch, height, width, channels]` -> `[batch, height, width, channels]`."""
         del train
-        channels = x.shape[-1]
-        return nn.Conv(channels, (self.kernel_size, self.kernel_size), padding="SAME",
-                       feature_group_count=channels, dtype=self.dtype, name="conv",
-                       kernel_init=param_with_axes(nn.initializers.truncated_normal(0.02),
-                                                   (None, None, None, "embed")),
-                       bias_init=param_with_axes(nn.initializers.zeros, ("embed",)))(x)
+        return DepthwiseConv(self.kernel_size, dtype=self.dtype, name="conv",
+                             kernel_init=param_with_axes(nn.initializers.truncated_normal(0.02),
+                                                         (None, None, None, "embed")),
+                             bias_init=param_with_axes(nn.initializers.zeros, ("embed",)))(x)
 
 
 class SpatialMlpMixer(nn.Module):

@@ -40,6 +40,7 @@ from tokenlearner_jax.layers import blocking
 from tokenlearner_jax.layers import token_learner as token_learner_lib
 from tokenlearner_jax.layers.token_learner import StageTokenLearner, TokenLearnerSpec
 from tokenlearner_jax.layers.attention import DropPath, MlpBlock, MultiHeadAttention, layer_norm
+from tokenlearner_jax.layers.depthwise import DepthwiseConv
 from tokenlearner_jax.layers.partitioning import constrain_batch, param_with_axes
 from tokenlearner_jax.layers.relative_position import RelativePositionBias
 from tokenlearner_jax.models.registry import check, check_common, register
@@ -64,12 +65,16 @@ def batch_norm(name: str, train: bool, channel_axis: Optional[str], momentum: fl
 
 
 def conv3x3(features: int, stride: int, name: str, dtype, *, use_bias: bool = True, depthwise: bool = False):
-    """3x3 convolution with TF 'SAME' padding; depthwise keeps the channels (one filter each)."""
+    """3x3 convolution with TF 'SAME' padding; depthwise keeps the channels (one filter each,
+    layers/depthwise.py)."""
     out_axis = "mlp" if depthwise else "embed"
-    return nn.Conv(features, (3, 3), strides=(stride, stride), padding="SAME", use_bias=use_bias,
-                   feature_group_count=features if depthwise else 1, dtype=dtype, name=name,
-                   kernel_init=param_with_axes(_INIT, ("patch_h", "patch_w", "conv_in", out_axis)),
-                   bias_init=param_with_axes(nn.initializers.zeros, (out_axis,)))
+    kernel_init = param_with_axes(_INIT, ("patch_h", "patch_w", "conv_in", out_axis))
+    bias_init = param_with_axes(nn.initializers.zeros, (out_axis,))
+    if depthwise:
+        return DepthwiseConv(3, stride, use_bias=use_bias, kernel_init=kernel_init, bias_init=bias_init, dtype=dtype,
+                             name=name)
+    return nn.Conv(features, (3, 3), strides=(stride, stride), padding="SAME", use_bias=use_bias, dtype=dtype,
+                   name=name, kernel_init=kernel_init, bias_init=bias_init)
 
 
 def dense(features: int, axes: Tuple[Optional[str], Optional[str]], name: str, dtype, *, use_bias: bool = True):

@@ -50,6 +50,11 @@ LEVERS = {
         what="XLA_FLAGS=--xla_cpu_prefer_vector_width=512 (AVX-512 vectors in XLA's own loops; the default is 256)",
         before={"xla_flags": ""}, after={"xla_flags": "--xla_cpu_prefer_vector_width=512"},
         models=("vit_s16", "maxvit_t")),
+    "depthwise_shifted": dict(
+        what="depthwise convolutions (MaxViT's MBConv) as 9 shifted, per-channel-scaled copies of the input "
+             "(layers/depthwise.py) instead of lax's grouped convolution (a profile showed "
+             "XLA CPU working on dense [c, 3, 3, c] forms of the depthwise kernel)",
+        before={"rev": "f130ab0"}, after={"rev": "ca073da"}, models=("maxvit_t",)),
 }
 
 

@@ -439,6 +439,7 @@ def test_an_unlabelled_tfds_dataset_trains_a_gan_and_is_refused_by_classificatio
     from flax.core import meta
 
     from tokenlearner_jax import recipes
+    from tokenlearner_jax.data import registry
     from tokenlearner_jax.evaluate import frechet
     from tokenlearner_jax.tasks import gan
     from tokenlearner_jax.train import trainer
@@ -447,6 +448,7 @@ def test_an_unlabelled_tfds_dataset_trains_a_gan_and_is_refused_by_classificatio
                    normalize="minus_one_one")
     info = data.get_info(_config(**dataset))
     assert (info.num_classes, info.num_train, info.num_eval, info.multi_label) == (0, 10, 5, False)
+    assert registry.get_source(_config(**dataset)).class_names == ()
     batch = next(data.train_iterator(_config(**dataset), global_batch_size=4, seed=0))
     assert batch["image"].shape == (4, 16, 16, 3) and batch["label"].tolist() == [0, 0, 0, 0]
     assert -1.0 <= batch["image"].min() < batch["image"].max() <= 1.0

@@ -54,8 +54,10 @@ class TfdsSource(DatasetSource):
     @property
     def class_names(self) -> tuple[str, ...]:
         """The names of the dataset's ClassLabel, from its metadata (none when unlabelled)."""
-        label = self.builder.info.features.get("label") if self.num_classes else None
-        return tuple(getattr(label, "feature", label).names) if label is not None else ()
+        if not self.num_classes:
+            return ()
+        label = self.builder.info.features["label"]
+        return tuple(getattr(label, "feature", label).names)
 
     def split(self, split: str) -> _TfdsSplit:
         # Imported lazily: only TFDS datasets pay for importing TFDS.

@@ -62,12 +62,9 @@ CONFIG_FILES = {"vit": "vit_b16.py", "vit_tl": "vit_b16_tl_half.py", "vivit_tl":
 
 def load_config_file(name: str):
     """`configs/<name>`'s get_config(), as main.py loads it (without command-line overrides)."""
-    import importlib.util
+    from tokenlearner_jax.recipes import sweeps
 
-    spec = importlib.util.spec_from_file_location(f"_benchmark_config_{name[:-3]}", os.path.join(ROOT, "configs", name))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(None)
+    return sweeps.load_module(os.path.join(ROOT, "configs", name)).get_config(None)
 
 
 def benchmark_config(key: str, batch_size: int, frames: int = 8, dtype: str = "float32", image_size: int = 224):

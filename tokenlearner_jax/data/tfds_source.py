@@ -37,9 +37,7 @@ class _TfdsSplit(Sequence):
 
     def __getitem__(self, index: int) -> Example:
         record = self.data_source[index]
-        if not self.labelled:
-            return {"image": preprocess.to_rgb_uint8(record["image"]), "label": 0}
-        label = record["label"]
+        label = record["label"] if self.labelled else 0
         label = np.asarray(label, np.int64) if np.ndim(label) else int(label)
         return {"image": preprocess.to_rgb_uint8(record["image"]), "label": label}
 

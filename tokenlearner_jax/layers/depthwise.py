@@ -4,9 +4,9 @@ It computes what `nn.Conv(c, (k, k), strides, padding='SAME', feature_group_coun
 same parameters ('kernel' `[k, k, 1, c]`, 'bias' `[c]`), so checkpoints and weight imports are unchanged.
 Why not that conv: in a profile of MaxViT-T's train step on XLA's CPU backend (experiments/profile_ops.py)
 the largest ops were fusions on `[c, 3, 3, c]` arrays, a dense form of the `[3, 3, 1, c]` depthwise kernel
-(c times the work), and the grouped convolutions of both passes followed. The k * k shifted products are elementwise work that
-XLA fuses into a few loops, forward and backward, on every backend: MaxViT-T's train step at batch 16 on 2
-CPU cores went from 28.4 to 13.8 s and its forward pass became 2.2x as fast
+(c times the work), and the grouped convolutions of both passes followed. The k * k shifted products are
+elementwise work that XLA fuses into a few loops, forward and backward, on every backend: MaxViT-T's train
+step at batch 16 on 2 CPU cores went from 28.4 to 13.8 s and its forward pass became 2.2x as fast
 (experiments/results/levers.md, lever 'depthwise_shifted').
 """
 

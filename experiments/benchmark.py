@@ -110,6 +110,10 @@ class JaxSide:
 
         config, info = benchmark_config(MODELS[model][1], batch_size, dtype=dtype, image_size=image_size)
         times = {}
+        # Importing the trainer is timed on its own, as timm's worker imports torch and timm untimed.
+        watch = worker_protocol.Stopwatch()
+        from tokenlearner_jax.train import trainer  # noqa: F401
+        times["import"] = watch.read()
         watch = worker_protocol.Stopwatch()
         net, init_state, train_step, to_global, self.context, self.variables = trainer_step(config, info)
         with self.context():

@@ -127,7 +127,7 @@ def main():
             f"samples against the 360 test digits, in the 64-d pre-logit features of the classifier "
             f"`{CONFIG}:classifier` (NesT, {100 * accuracy:.2f}% top-1 on those digits): not an FID, and comparable "
             f"only within this table. One seed per generator.\n\n" + "\n".join(lines) + "\n\n" + "\n".join(run_lines) +
-            f"\n\nWall time of the two GAN runs side by side in this invocation: "
+            "\n\nWall time of the two GAN runs side by side in this invocation: "
             + (f"{wall:.1f} min" if procs else "not measured (reused)") +
             f", on {os.cpu_count()} CPU cores shared with other jobs (load average {load[0]:.1f} / {load[1]:.1f} / "
             f"{load[2]:.1f} when this file was written).\n\n"

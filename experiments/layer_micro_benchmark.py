@@ -1,8 +1,9 @@
 """The layer levers in isolation: forward + backward of MultiHeadAttention before / after the stacked
-query/key/value projection and heads-major products, and of GELU's erfc / erf forms, at the shapes of
-our models, interleaved in one process (wall and CPU time, medians).
+query/key/value projection and heads-major products, or with jax.nn.dot_product_attention's XLA code
+against our einsums, and of GELU's erfc / erf forms, at the shapes of our models, interleaved in one
+process (wall and CPU time, medians).
 
-  python experiments/layer_micro_benchmark.py [--rounds=8] [--shapes=vit_s,nest_l0,maxvit_s0]
+  python experiments/layer_micro_benchmark.py [--rounds=8] [--shapes=vit_s,nest_l0,maxvit_s0] [--levers=gelu,...]
 
 The 'before' attention is layers/attention.py of commit BEFORE (read from git). Writes
 experiments/results/layer_micro.md.
@@ -24,6 +25,12 @@ import worker_protocol
 from tokenlearner_jax.layers import attention
 
 BEFORE = "7829f20"  # h-perf: GELU changed, attention not yet
+# lever -> what 'before -> after' is
+LEVERS = {
+    "gelu": "GELU, erfc -> erf form",
+    "attention_layout": "separate q/k/v products -> stacked projection, heads-major products",
+    "dot_product_attention": "jax.nn.dot_product_attention (XLA) -> explicit einsums",
+}
 # name -> (attention batch (images x windows), length, width, heads, relative bias): the models' layers
 SHAPES = {
     "vit_s": ("ViT-S/16 layer, batch 16", 16, 197, 384, 6, False),
@@ -57,8 +64,10 @@ def compare(functions: dict, args: tuple, rounds: int) -> dict:
     return times
 
 
-def attention_rows(shapes, rounds):
-    before = attention_before()
+def attention_rows(shapes, rounds, lever="attention_layout"):
+    """'attention_layout': the attention of commit BEFORE -> today's; 'dot_product_attention': today's
+    with jax.nn.dot_product_attention's XLA implementation -> today's default (explicit einsums)."""
+    before = attention_before() if lever == "attention_layout" else None
     rows = []
     for key in shapes:
         label, batch, length, width, heads, with_bias = SHAPES[key]
@@ -66,7 +75,10 @@ def attention_rows(shapes, rounds):
         x = jnp.asarray(rng.randn(batch, length, width), jnp.float32)
         bias = jnp.asarray(rng.randn(heads, length, length), jnp.float32) if with_bias else None
         functions, outputs = {}, {}
-        for name, module in (("before", before.MultiHeadAttention(heads)), ("after", attention.MultiHeadAttention(heads))):
+        modules = ((("before", before.MultiHeadAttention(heads)) if before else
+                    ("before", attention.MultiHeadAttention(heads, implementation="xla"))),
+                   ("after", attention.MultiHeadAttention(heads)))
+        for name, module in modules:
             params = flax.core.meta.unbox(module.init(jax.random.key(0), x[:1], train=False))["params"]
             loss = lambda p, x, m=module: jnp.sum(jnp.sin(m.apply({"params": p}, x, train=True, bias=bias)))
             functions[name] = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
@@ -75,7 +87,7 @@ def attention_rows(shapes, rounds):
         error = (max(float(jnp.max(jnp.abs(a - b))) for a, b in pairs)
                  / max(float(jnp.max(jnp.abs(b))) for _, b in pairs))
         times = compare(functions, (params, x), rounds)
-        rows.append((label, times, error))
+        rows.append((f"{label}: {LEVERS[lever]}", times, error))
     return rows
 
 
@@ -84,7 +96,7 @@ def gelu_rows(rounds):
     forms = {"before": lambda v: jax.nn.gelu(v, approximate=False), "after": attention.gelu}
     functions = {name: jax.jit(jax.value_and_grad(lambda v, g=g: jnp.sum(g(v) * v))) for name, g in forms.items()}
     error = float(jnp.max(jnp.abs(forms["after"](x) - forms["before"](x))))
-    return [("GELU of ViT-S/16's MLP [16, 197, 1536], erfc -> erf form", compare(functions, (x,), rounds), error)]
+    return [(f"{LEVERS['gelu']} of ViT-S/16's MLP [16, 197, 1536]", compare(functions, (x,), rounds), error)]
 
 
 def row(label, times, error):
@@ -98,17 +110,22 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--shapes", default=",".join(SHAPES))
+    parser.add_argument("--levers", default=",".join(LEVERS), help=f"of {list(LEVERS)}")
+    parser.add_argument("--output", default=os.path.join(benchmark.RESULTS, "layer_micro.md"))
     args = parser.parse_args()
     before_load = benchmark.uptime()
-    rows = gelu_rows(args.rounds) + attention_rows(args.shapes.split(","), args.rounds)
+    rows = []
+    for lever in args.levers.split(","):
+        rows += gelu_rows(args.rounds) if lever == "gelu" else attention_rows(args.shapes.split(","), args.rounds, lever)
     lines = ["# Layer levers in isolation (forward + backward, float32)", "",
-             f"Command: `python experiments/layer_micro_benchmark.py --rounds={args.rounds} --shapes={args.shapes}`; "
+             f"Command: `python experiments/layer_micro_benchmark.py --rounds={args.rounds} --shapes={args.shapes} "
+             f"--levers={args.levers}`; "
              f"{benchmark.machine_description()}, jax {jax.__version__}. `{before_load}` before, "
              f"`{benchmark.uptime()}` after. Medians of {args.rounds} interleaved calls. Speed-up = before / after "
              "time; error = the largest difference of the loss and gradients, over the largest of their values.", "",
              "| layer | wall ms before -> after | speed-up (wall) | CPU ms before -> after | speed-up (CPU) | error |",
              "|---|---|---|---|---|---|"] + [row(*r) for r in rows]
-    with open(os.path.join(benchmark.RESULTS, "layer_micro.md"), "w", encoding="utf-8") as f:
+    with open(args.output, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
 

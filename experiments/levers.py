@@ -25,6 +25,7 @@ import numpy as np
 
 import benchmark
 import benchmark_report
+import worker_protocol
 
 RESULTS = os.path.join(benchmark.RESULTS, "levers")
 BASE = "56c1ae1"  # main before this work
@@ -83,7 +84,10 @@ def measure(lever: str, models, args) -> dict:
            "started": time.strftime("%Y-%m-%d %H:%M:%S"), "uptime_before": benchmark.uptime(), "models": []}
     for model in models:
         print(f"{lever} / {model} ({benchmark.uptime()})", flush=True)
-        run["models"].append(benchmark.measure_model(model, sides, args, timm_python=None))
+        try:
+            run["models"].append(benchmark.measure_model(model, sides, args, timm_python=None))
+        except worker_protocol.WorkerError as error:  # a side that crashes is a result too
+            run["models"].append({"model": model, "failed": str(error)})
         with open(os.path.join(RESULTS, f"{lever}.json"), "w", encoding="utf-8") as f:
             json.dump(run, f, indent=1)
     run["uptime_after"] = benchmark.uptime()
@@ -112,8 +116,13 @@ def table() -> str:
             run = json.load(f)
         if run.get("uptime_after") is None:
             continue  # still running, or stopped
-        rows = []
+        rows, failed = [], [m for m in run["models"] if "failed" in m]
+        for m in failed:
+            lines.append(f"| {run['lever']} | {benchmark.MODELS[m['model']][0]} | {m['failed']} | - | - | - | - | - | - | "
+                         f"dropped (a side failed on {run['machine']}) |")
         for m in run["models"]:
+            if "failed" in m:
+                continue
             before, after = m["before"], m["after"]
             rows.append(dict(
                 model=benchmark.MODELS[m["model"]][0],
@@ -126,7 +135,7 @@ def table() -> str:
                 init=f"{before['init_cpu_s']:.0f} -> {after['init_cpu_s']:.0f}",
                 rss_before=before["peak_rss_bytes"], rss_after=after["peak_rss_bytes"],
                 load=f"{m['load_before'][0]:.1f} -> {m['load_after'][0]:.1f}"))
-        verdict = decision(rows)
+        verdict = decision(rows) if not failed else "dropped (a side failed)"
         for r in rows:
             lines.append(f"| {run['lever']} | {r['model']} | {r['times']} | {r['train_wall']:.2f} ({r['train_cpu']:.2f}) | "
                          f"{r['infer']} | {r['compile']} | {r['init']} | {r['rss_before'] / 1e9:.1f} -> "

@@ -9,6 +9,7 @@ pointed at stderr, so whatever libraries print cannot corrupt the channel.
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -79,7 +80,9 @@ class Worker:
         self.process.stdin.write(json.dumps({"cmd": cmd, **arguments}) + "\n")
         line = self.process.stdout.readline()
         if not line:
-            raise WorkerError(f"worker {self.name} exited (code {self.process.wait()}) during {cmd!r}")
+            code = self.process.wait()
+            how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+            raise WorkerError(f"worker {self.name} {how} during {cmd!r}")
         reply = json.loads(line)
         if "error" in reply:
             raise WorkerError(f"worker {self.name} failed in {cmd!r}:\n{reply['error']}")

@@ -28,12 +28,17 @@ flags.DEFINE_bool("verbose", False, "Tracebacks for errors, and the libraries' o
 flags.DEFINE_string("coordinator_address", "", "host:port of process 0, for a multi-process run.")
 flags.DEFINE_integer("num_processes", 0, "Number of processes of a multi-process run.")
 flags.DEFINE_integer("process_id", -1, "This process's index in a multi-process run.")
+flags.DEFINE_string("compilation_cache_dir", None,
+                    "Where compiled XLA programs are kept, so that a rerun, a resume or another run of the same "
+                    "model skips compiling them (jax's persistent compilation cache). Default: "
+                    "$JAX_COMPILATION_CACHE_DIR if set, else ~/.cache/tokenlearner_jax/xla; '' (either) turns it off.")
 flags.DEFINE_integer("heartbeat_timeout_seconds", 120,
                      "A multi-process run stops this long after a process stops answering, naming it.")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 EXIT_USER_ERROR = 1
 EXIT_LOST_PROCESS = 76  # another process of a multi-process run died
+DEFAULT_COMPILATION_CACHE_DIR = "~/.cache/tokenlearner_jax/xla"
 
 
 def _user_errors() -> tuple:
@@ -45,10 +50,24 @@ def _user_errors() -> tuple:
             checkpoint.CheckpointReadError, checkpoint.CheckpointDamagedError)
 
 
+def _use_compilation_cache(path):
+    """Points jax's persistent compilation cache at `path` (None: $JAX_COMPILATION_CACHE_DIR if set, else
+    our default); '' turns it off."""
+    import os
+
+    import jax
+
+    if path is None:
+        path = os.environ.get("JAX_COMPILATION_CACHE_DIR", DEFAULT_COMPILATION_CACHE_DIR)
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path) if path else None)
+
+
 def _run(mode: str):
     import jax
 
     from tokenlearner_jax.train import trainer
+
+    _use_compilation_cache(FLAGS.compilation_cache_dir)
 
     if mode == "fewshot":
         return trainer.fewshot_checkpoint(FLAGS.config, FLAGS.workdir)

@@ -375,10 +375,13 @@ class Matrix:
         return verdict(problems)
 
     def sigterm_between_log_steps(self):
-        for attempt in range(3):
+        for attempt in range(5):
             workdir = self.workdir(f"sigterm_between_log_steps_{attempt}")
             run = Run(workdir, self.flags())
-            wait_for(lambda w=workdir: any("train/loss" in r for r in records(w)), run)
+            # After the first log step's progress line, and a little later on each attempt: a signal
+            # that comes while the loop still writes that step's records lands on the log step.
+            wait_for(lambda r=run: f"step {self.schedule.log_every}/" in r.output, run)
+            time.sleep(0.05 * attempt)
             run.proc.send_signal(signal.SIGTERM)
             code = run.wait()
             match = re.search(r"preempted by SIGTERM: checkpoint of step (\d+) written", run.output)
@@ -388,7 +391,7 @@ class Matrix:
             if step % self.schedule.log_every:
                 break  # between two log steps, as wanted
         else:
-            return "the signal landed on a log step three times", False
+            return "the signal landed on a log step five times", False
         rerun = main_py(workdir, *self.flags())
         problems = [] if rerun.proc.returncode == 0 else [f"rerun exit {rerun.proc.returncode}"]
         if comparable(workdir) != comparable(self.baseline):

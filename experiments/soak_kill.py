@@ -31,7 +31,10 @@ from tokenlearner_jax.train import metrics_log  # noqa: E402
 def command(workdir, args):
     return [sys.executable, "main.py", "--config=configs/quickstart.py", f"--workdir={workdir}",
             f"--config.num_train_steps={args.steps}", f"--config.checkpoint_every_steps={args.checkpoint_every}",
-            f"--config.eval_every_steps={args.steps}", "--config.log_every_steps=25"]
+            f"--config.eval_every_steps={args.steps}", "--config.log_every_steps=25",
+            # No compilation cache: every run compiles as the timed reference did, so the kill moments,
+            # drawn over the reference's duration, fall across the whole run, compilation included.
+            "--compilation_cache_dir="]
 
 
 def final_params(workdir):

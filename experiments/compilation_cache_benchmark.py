@@ -21,7 +21,8 @@ import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import benchmark
+
 # name -> (config file, overrides besides the step count)
 CONFIGS = {
     "quickstart": ("configs/quickstart.py", ["--config.log_every_steps=10"]),
@@ -37,7 +38,7 @@ def run_main(config: str, overrides: list, steps: int, workdir: str, cache_dir: 
     command = [sys.executable, "main.py", f"--config={config}", f"--workdir={workdir}",
                f"--config.num_train_steps={steps}", f"--compilation_cache_dir={cache_dir}", *overrides]
     start = time.perf_counter()
-    subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(command, cwd=benchmark.ROOT, check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - start
 
 
@@ -56,10 +57,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default="quickstart:30,vit_b16:2", help="NAME:STEPS, of " + str(list(CONFIGS)))
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--output", default=os.path.join(ROOT, "experiments", "results", "compilation_cache.md"))
+    parser.add_argument("--output", default=os.path.join(benchmark.RESULTS, "compilation_cache.md"))
     args = parser.parse_args()
     scratch = tempfile.mkdtemp(prefix="compilation_cache_benchmark_")
-    uptime_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    uptime_before = benchmark.uptime()
     rows = []
     try:
         for spec in args.runs.split(","):
@@ -83,14 +84,12 @@ def main():
                 f" | {median['off'] / median['warm']:.2f} | {'yes' if equal else 'NO'} |")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    uptime_after = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               "unknown CPU") if os.path.exists("/proc/cpuinfo") else "unknown CPU"
+    uptime_after = benchmark.uptime()
     text = "\n".join([
         "# Start-up with jax's persistent compilation cache",
         "",
         f"Command: `python experiments/compilation_cache_benchmark.py --runs={args.runs} --rounds={args.rounds}`; "
-        f"{cpu}, {os.cpu_count()} cores; `{uptime_before}` before, `{uptime_after}` after.",
+        f"{benchmark.machine_description()}; `{uptime_before}` before, `{uptime_after}` after.",
         "",
         "Wall seconds of the whole `main.py` command (imports, data, init, compilation, the steps, the final "
         "evaluation and checkpoint), median (min-max) of the rounds. 'cold': an empty cache directory, filled "

@@ -120,9 +120,7 @@ def table() -> str:
         for m in failed:
             lines.append(f"| {run['lever']} | {benchmark.MODELS[m['model']][0]} | {m['failed']} | - | - | - | - | - | - | "
                          f"dropped (a side failed on {run['machine']}) |")
-        for m in run["models"]:
-            if "failed" in m:
-                continue
+        for m in (m for m in run["models"] if "failed" not in m):
             before, after = m["before"], m["after"]
             rows.append(dict(
                 model=benchmark.MODELS[m["model"]][0],

@@ -25,8 +25,9 @@ train: $(VENV)/.installed
 train-video: $(VENV)/.installed
 	$(PY) main.py --config=configs/quickstart_video.py --workdir=runs/quickstart_video
 
+# Two pytest workers, each test file on one of them: most tests compile XLA programs on one thread.
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -q --durations=15 tests
+	$(PY) -m pytest -q --durations=15 -n 2 --dist=loadfile tests
 
 benchmark: $(VENV)/.installed
 	$(PY) experiments/benchmark_tokenlearner.py

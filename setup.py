@@ -29,7 +29,7 @@ setuptools.setup(
         "av>=12",
     ],
     extras_require={
-        "test": ["pytest>=8"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5"],
         # An accelerator's JAX on top of the CPU install: `pip install -e ".[cuda]"` (NVIDIA GPU, CUDA 12
         # wheels), ".[cuda13]" (CUDA 13), or ".[tpu]" (Cloud TPU VMs). JAX checks versions at import.
         "cuda": ["jax[cuda12]>=0.7,<0.11"],

@@ -157,7 +157,7 @@ def test_a_lost_process_stops_the_others_within_the_heartbeat_bound(tmp_path):
         s.bind(("127.0.0.1", 0))
         address = f"127.0.0.1:{s.getsockname()[1]}"
     workdir = str(tmp_path / "run")
-    args = ["--config.num_train_steps=300", "--config.checkpoint_every_steps=20", "--config.eval_every_steps=300",
+    args = ["--config.num_train_steps=60", "--config.checkpoint_every_steps=20", "--config.eval_every_steps=60",
             "--num_processes=2", "--heartbeat_timeout_seconds=10"]
 
     def start_pair(name):
@@ -194,7 +194,7 @@ def test_a_lost_process_stops_the_others_within_the_heartbeat_bound(tmp_path):
         proc.wait(timeout=600)
     assert [proc.returncode for proc in procs] == [0, 0], output(logs[0])[-3000:]
     assert "resuming from the checkpoint of step" in output(logs[0])
-    assert "300" in os.listdir(os.path.join(workdir, "checkpoints"))
+    assert "60" in os.listdir(os.path.join(workdir, "checkpoints"))
 
 
 def test_unwritable_workdir_fails_before_training(tmp_path):

@@ -162,11 +162,11 @@ def final_state(workdir, step):
 
 @pytest.mark.slow
 def test_sigterm_then_kill_9_resume_to_the_uninterrupted_gan_state(classifier, tmp_path):
-    steps = 40
+    steps = 24
     # Logging every step: SIGTERM checkpoints whatever step it lands on, and a log window cut there would
     # average different steps in the two runs' metrics.jsonl (the states are equal either way).
     flags = gan_flags(classifier, f"--config.num_train_steps={steps}", "--config.checkpoint_every_steps=4",
-                      "--config.eval_every_steps=20", "--config.keep_checkpoints=20", "--config.log_every_steps=1")
+                      "--config.eval_every_steps=12", "--config.keep_checkpoints=20", "--config.log_every_steps=1")
     straight, interrupted = str(tmp_path / "straight"), str(tmp_path / "interrupted")
     run_python(["main.py", f"--workdir={straight}", *flags])
 

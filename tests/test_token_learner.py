@@ -1,7 +1,8 @@
 """TokenLearner v1.1, v1.0 and TokenFuser against an independent NumPy implementation of the math, with
 either GELU: 'tanh' (Flax's nn.gelu default, which the official TokenLearner code uses) or 'erf' (exact).
-Each comparison holds within 1e-5, and the other GELU's reference is farther than that, so the test
-tells the two apart."""
+Each comparison holds within float32 round-off (1e-5 absolute plus 2e-5 relative: the error of a float32
+layer norm, MLP and softmax differs between CPUs, e.g. AVX2 against AVX-512), and the other GELU's
+reference is at least ten times farther off, so the test tells the two apart."""
 
 import flax
 import jax
@@ -34,9 +35,10 @@ OTHER = {"erf": "tanh", "tanh": "erf"}
 
 
 def assert_matches_only(out, reference, gelu):
-    """`out` equals `reference(gelu)` within 1e-5, and `reference` with the other GELU is farther off."""
-    np.testing.assert_allclose(out, reference(gelu), rtol=0, atol=1e-5)
-    assert np.abs(out - reference(OTHER[gelu])).max() > 1e-5
+    """`out` equals `reference(gelu)` within float32 round-off; `reference` with the other GELU is 10x farther off."""
+    own = reference(gelu)
+    np.testing.assert_allclose(out, own, rtol=2e-5, atol=1e-5)
+    assert np.abs(out - reference(OTHER[gelu])).max() > 10 * np.abs(out - own).max()
 
 
 def np_softmax(x, axis):

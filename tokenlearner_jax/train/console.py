@@ -15,48 +15,19 @@ import sys
 
 from absl import logging as absl_logging
 
-from tokenlearner_jax.train import preemption
 
 PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOG_FILE = "log.txt"
 
 
-_native_output = []  # what TensorFlow's C++ logging printed while it was imported (for the log file)
-
-
 def quiet_native_logs(verbose: bool) -> None:
-    """Before TensorFlow or jaxlib load: their C++ logging only for errors unless `verbose`. TensorFlow's
-    notices at import (oneDNN, absl::InitializeLog) ignore TF_CPP_MIN_LOG_LEVEL, so the import runs with
-    file descriptor 2 pointed at a temporary file, whose text route_logs() copies into the log file."""
+    """Before TensorFlow or jaxlib load: their C++ logging only for errors unless `verbose`. TensorFlow
+    itself is imported only by runs that read TFDS datasets (tensorboard_events.py writes the event files
+    without it)."""
     if verbose:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-    import tempfile
-
-    sys.stderr.flush()
-    saved = os.dup(2)
-    redirected = [True]
-
-    def restore():  # also called by a signal's immediate exit, so that its message reaches the console
-        if redirected[0]:
-            redirected[0] = False
-            os.dup2(saved, 2)
-
-    guard = preemption.installed()
-    if guard:
-        guard.at_exit(restore)
-    with tempfile.TemporaryFile(mode="w+b") as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            import tensorflow  # noqa: F401 -- imported here only for its notices' sake; data/ uses it
-        except ImportError:
-            pass
-        finally:
-            restore()
-            os.close(saved)
-        captured.seek(0)
-        _native_output.append(captured.read().decode(errors="replace"))
 
 
 class _OursAtWarning(logging.Filter):
@@ -105,10 +76,6 @@ def route_logs(workdir: str, verbose: bool, process_index: int = 0) -> str:
     root.addHandler(console)
     root.setLevel(logging.INFO)
     absl_logging.set_verbosity(absl_logging.INFO)
-    if _native_output:
-        with open(path, "a", encoding="utf-8") as f:
-            f.write("".join(_native_output))
-        _native_output.clear()
     return path
 
 

@@ -1,4 +1,4 @@
-"""Metrics to TensorBoard (clu metric writers) and to `metrics.jsonl` in the workdir, and the window of
+"""Metrics to TensorBoard, to the log file and to `metrics.jsonl` in the workdir, and the window of
 training metrics between two log lines.
 
 How the loop calls it:
@@ -23,8 +23,8 @@ import os
 
 import jax
 import numpy as np
-from clu import metric_writers
 
+from tokenlearner_jax.train import tensorboard_events
 from tokenlearner_jax.train.workdir import write_atomically
 
 METRICS_FILE = "metrics.jsonl"
@@ -32,21 +32,23 @@ DROPPED_FILE = "metrics_dropped.jsonl"
 
 
 class MetricsLog:
-    """`write(step, {"eval/accuracy": 0.97, ...})` appends one JSON object per call to metrics.jsonl
-    (process 0 only) and writes the same scalars through clu's default writer (TensorBoard + log)."""
+    """`write(step, {"eval/accuracy": 0.97, ...})` appends one JSON object per call to metrics.jsonl and
+    one event to a TensorBoard event file (both process 0 only), and logs the scalars (every process)."""
 
     def __init__(self, workdir: str, *, resume_step: int = 0):
         """Keeps the records of steps <= `resume_step` of an earlier attempt (none when starting from
         scratch, `resume_step` = 0), so the file ends as an uninterrupted run's would."""
         is_main = jax.process_index() == 0
-        self.writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
+        self.events = tensorboard_events.EventFileWriter(workdir) if is_main else None
         self.path = os.path.join(workdir, METRICS_FILE) if is_main else None
         if self.path and os.path.exists(self.path):
             _keep_records_up_to(workdir, resume_step)
 
     def write(self, step: int, scalars: dict):
         scalars = {name: float(value) for name, value in scalars.items()}
-        self.writer.write_scalars(step, scalars)
+        logging.info("[%d] %s", step, ", ".join(f"{name}={value:.6g}" for name, value in sorted(scalars.items())))
+        if self.events:
+            self.events.write_scalars(step, scalars)
         if self.path:
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(json.dumps({"step": int(step), **scalars}) + "\n")
@@ -60,8 +62,8 @@ class MetricsLog:
                    for r in read_metrics(os.path.dirname(self.path)))
 
     def close(self):
-        self.writer.flush()
-        self.writer.close()
+        if self.events:
+            self.events.close()
 
 
 def _keep_records_up_to(workdir: str, step: int):

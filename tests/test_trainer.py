@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import flax
 import jax
 import numpy as np
 import pytest
@@ -127,3 +128,24 @@ def test_main_py_reports_a_bad_value_and_fails(tmp_path):
     proc = main_py(str(tmp_path), "--config.model.token_learner.num_tokens=100", check=False)
     assert proc.returncode != 0
     assert "config.model.token_learner.num_tokens=100: expected at most the 16 patches" in proc.stderr
+
+
+@pytest.mark.parametrize("flags", [
+    TINY,
+    ["--config=configs/maxvit_digits.py", "--config.model.stem_widths=(8, 16)", "--config.model.depths=(1, 1)",
+     "--config.model.dims=(32, 32)", "--config.dataset.image_size=16", "--config.batch_size=32"],
+], ids=["vit_token_learner", "maxvit"])
+def test_init_compiled_at_the_cheaper_level_gives_the_default_levels_state(flags):
+    """Setup compiles the initialisation with trainer.INIT_COMPILER_OPTIONS to save compile time; the state
+    must equal, bit for bit, the one compiled with XLA's default options."""
+    config = parse_config(flags)
+    setup = trainer.Setup(config, trainer.resolve_dataset(config), total_steps=1)
+    init_at_default_level = jax.jit(lambda rng: flax.core.meta.unbox(setup.task.init_state(rng)),
+                                    out_shardings=setup.state_shardings)
+    with setup.context():
+        default = jax.tree.map(np.asarray, init_at_default_level(jax.random.key(config.seed)))
+    cheaper = jax.tree.map(np.asarray, setup.init_state())
+    assert trainer.INIT_COMPILER_OPTIONS and jax.tree.structure(cheaper) == jax.tree.structure(default)
+    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(cheaper)[0], jax.tree.leaves(default)):
+        np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+    assert sum(leaf.size for leaf in jax.tree.leaves(cheaper.params)) > 1000

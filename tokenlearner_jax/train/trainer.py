@@ -33,6 +33,11 @@ from tokenlearner_jax.train import workdir as workdir_lib
 from tokenlearner_jax.train.metrics_log import MetricsLog, TrainWindow
 from tokenlearner_jax.weights import init_from
 
+# The state's initialisation runs once per run, so it is compiled with LLVM's level-1 optimisation, not the
+# default level 2: it compiles in 60-75% of the CPU time and gives bit-identical states (lever
+# init_llvm_o1 in experiments/results/levers.md; tests/test_trainer.py checks the identity).
+INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
+
 
 def _check(ok: bool, field: str, value, expected: str) -> None:
     if not ok:
@@ -93,7 +98,7 @@ class Setup:
             abstract_boxed = jax.eval_shape(self.task.init_state, jax.random.key(config.seed))
             self.state_shardings = mesh_lib.shardings_for(abstract_boxed, self.mesh, self.rules)
             self._init = jax.jit(lambda rng: flax.core.meta.unbox(self.task.init_state(rng)),
-                                 out_shardings=self.state_shardings)
+                                 out_shardings=self.state_shardings, compiler_options=INIT_COMPILER_OPTIONS)
         self.abstract_state = checkpoint_lib.abstract_with_shardings(
             flax.core.meta.unbox(abstract_boxed), self.state_shardings)
         self.train_step = jax.jit(self._train_step, in_shardings=(self.state_shardings, self.batch_sharding),

@@ -53,6 +53,19 @@ LEVERS = {
         what="XLA_FLAGS=--xla_cpu_prefer_vector_width=512 (AVX-512 vectors in XLA's own loops; the default is 256)",
         before={"xla_flags": ""}, after={"xla_flags": "--xla_cpu_prefer_vector_width=512"},
         models=("vit_s16", "maxvit_t")),
+    "xla_concurrency_scheduler": dict(
+        what="XLA_FLAGS=--xla_cpu_enable_concurrency_optimized_scheduler=true (XLA CPU's scheduler that orders "
+             "independent operations so that more of them can run at once on the thread pool)",
+        before={"xla_flags": ""}, after={"xla_flags": "--xla_cpu_enable_concurrency_optimized_scheduler=true"},
+        models=("vit_s16", "nest_t")),
+    "xla_ynn_fusions": dict(
+        what="XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE,"
+             "LIBRARY_FUSION_TYPE_REDUCE,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION (YNNPACK also for elementwise "
+             "operations, reductions and convolutions, not only matrix products)",
+        before={"xla_flags": ""},
+        after={"xla_flags": "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE,"
+                            "LIBRARY_FUSION_TYPE_REDUCE,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"},
+        models=("vit_s16", "nest_t")),
     "depthwise_shifted": dict(
         what="depthwise convolutions (MaxViT's MBConv) as 9 shifted, per-channel-scaled copies of the input "
              "(layers/depthwise.py) instead of lax's grouped convolution (a profile showed "

@@ -142,7 +142,8 @@ class JaxSide:
                 "params": sum(x.size for x in jax.tree.leaves(self.state.params)),
                 "cudnn_attention_calls": self.train_step.as_text().count("__cudnn$fmha"),
                 "device": jax.devices()[0].device_kind,
-                "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", "")}
+                "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+                "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
 
     def _train_once(self):
         import jax
@@ -207,22 +208,30 @@ def ensure_timm_venv(path: str, packages: str, index_url: str) -> str:
 
 
 def parse_side(text: str, default_pythonpath: str) -> dict:
-    """'name' or 'name:KEY=VALUE;KEY=VALUE' with keys xla_flags and pythonpath -> a side of ours."""
+    """'name' or 'name:KEY=VALUE;KEY=VALUE' with keys xla_flags, pythonpath and glibc_tunables -> a side of
+    ours."""
     name, _, options = text.partition(":")
     side = {"name": name, "kind": "jax", "pythonpath": default_pythonpath, "xla_flags": ""}
     for option in filter(None, options.split(";")):
         key, _, value = option.partition("=")
-        if key not in ("xla_flags", "pythonpath"):
-            raise ValueError(f"--sides: unknown option {key!r} in {text!r}: expected xla_flags or pythonpath")
+        if key not in ("xla_flags", "pythonpath", "glibc_tunables"):
+            raise ValueError(f"--sides: unknown option {key!r} in {text!r}: expected xla_flags, pythonpath or "
+                             f"glibc_tunables")
         side[key] = value
     return side
 
 
 def start_worker(side: dict, timm_python: str, log_path: str) -> worker_protocol.Worker:
+    """A worker for `side`. Ours runs with the GLIBC_TUNABLES main.py would give it (the side's
+    glibc_tunables instead, where it has one); timm with this process's environment."""
     if side["kind"] == "timm":
         argv = [timm_python, os.path.join(HERE, "benchmark_timm_worker.py")]
         return worker_protocol.Worker(side["name"], argv, {"PYTHONPATH": HERE}, log_path)
-    env = {"PYTHONPATH": os.pathsep.join([side["pythonpath"], HERE]), "XLA_FLAGS": side["xla_flags"]}
+    from tokenlearner_jax.train import huge_pages
+
+    tunables = side.get("glibc_tunables", huge_pages.tunables() or os.environ.get("GLIBC_TUNABLES", ""))
+    env = {"PYTHONPATH": os.pathsep.join([side["pythonpath"], HERE]), "XLA_FLAGS": side["xla_flags"],
+           "GLIBC_TUNABLES": tunables}
     return worker_protocol.Worker(side["name"], [sys.executable, os.path.abspath(__file__), "--worker"], env, log_path)
 
 
@@ -248,11 +257,11 @@ def timm_spec(model: str, batch_size: int) -> dict:
 
 def interleaved(workers: list, cmd: str, rounds: int, steps: int) -> dict:
     """{worker name: {'wall': step times, 'cpu': ...}} from `rounds` rounds of `steps` steps, A B, B A, A B, ..."""
-    times = {w.name: {"wall": [], "cpu": []} for w in workers}
+    times = {w.name: {} for w in workers}
     for r in range(rounds):
         for w in (workers if r % 2 == 0 else workers[::-1]):
             for clock, values in w.call(cmd, count=steps).items():
-                times[w.name][clock] += values
+                times[w.name].setdefault(clock, []).extend(values)
     return times
 
 
@@ -309,7 +318,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds (A B, B A, ...)")
     parser.add_argument("--steps", type=int, default=2, help="timed steps per side and round")
     parser.add_argument("--sides", default="ours,timm",
-                        help="'timm' and sides of ours: NAME or NAME:xla_flags=...;pythonpath=DIR")
+                        help="'timm' and sides of ours: NAME or NAME:xla_flags=...;pythonpath=DIR;glibc_tunables=...")
     parser.add_argument("--profile", type=int, default=0, help="also profile this many train steps per side")
     parser.add_argument("--timm_venv", default=os.path.expanduser("~/.cache/tokenlearner_jax/timm-venv"))
     parser.add_argument("--timm_packages", default=TIMM_PACKAGES)

@@ -27,6 +27,14 @@ def _ratio_cell(a_times, b_times) -> str:
     return f"{ratio(a_times, b_times):.2f} ({ratio(a_times, b_times, 'cpu'):.2f})"
 
 
+def _kernel_cell(side: dict) -> str:
+    """Median system CPU seconds and minor page faults of a side's train steps ('?' in older runs)."""
+    times = side["train_times"]
+    if "page_faults" not in times:
+        return "?"
+    return f"{np.median(times['system']):.2f} s, {np.median(times['page_faults']) / 1e3:.0f}k"
+
+
 def _seconds(side: dict, name: str) -> str:
     """'wall (CPU)' seconds of a timed phase."""
     return f"{side[name + '_s']:.1f} ({side[name + '_cpu_s']:.1f})"
@@ -41,7 +49,8 @@ def tables(run: dict) -> str:
              "inference img/s timm | inference ratio (by CPU time) |", "|---|---|---|---|---|---|---|"]
     costs = ["| model | compile s, train / inference: wall (CPU) | init s ours / timm: wall (CPU) | peak RSS GB ours / timm | XLA temp GB | "
              "GFLOP per train step: XLA (ours) / torch (timm) | achieved GFLOP/s ours / timm | of the matmul peak "
-             "ours / timm | load (1 min) |", "|---|---|---|---|---|---|---|---|---|"]
+             "ours / timm | kernel CPU s and page faults per train step, ours / timm | load (1 min) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     notes = []
     for m in run["models"]:
         label, ours, timm = MODELS[m["model"]][0], m["ours"], m.get("timm")
@@ -63,6 +72,7 @@ def tables(run: dict) -> str:
             f"{ours['train_flops'] / GB:.0f} / " + (f"{timm['flops']['train'] / GB:.0f}" if timm else "-"),
             f"{ours_rate:.0f} / " + (f"{timm_rate:.0f}" if timm else "-"),
             f"{ours_rate / peak:.0%} / " + (f"{timm_rate / peak:.0%}" if timm else "-"),
+            f"{_kernel_cell(ours)} / " + (_kernel_cell(timm) if timm else "-"),
             f"{m['load_before'][0]:.1f} -> {m['load_after'][0]:.1f}"]) + " |")
         base = MODELS[m["model"]][3]
         if base in by_name:
@@ -103,7 +113,7 @@ def header(run: dict) -> str:
                                        if timm else "")
     peaks = ", ".join(f"{name} {value:.0f}" for name, value in run["matmul_gflops"].items())
     return (f"Command: `{run['command']}`\n\nMachine: {run['machine']}; {versions}; XLA_FLAGS="
-            f"'{ours['xla_flags']}'. Batch {run['batch_size']}, float32, {run['rounds']} interleaved rounds of "
+            f"'{ours['xla_flags']}', ours with GLIBC_TUNABLES='{ours.get('glibc_tunables', '')}'. Batch {run['batch_size']}, float32, {run['rounds']} interleaved rounds of "
             f"{run['steps']} timed steps per side (after one warm-up step), medians with (min-max).\n\n"
             f"Float32 2048^3 matmul GFLOP/s (median): {peaks}; the peak below is the larger.\n\n"
             f"Load: `{run['uptime_before']}` before, `{run.get('uptime_after', '?')}` after.\n")

@@ -32,7 +32,8 @@ import worker_protocol
 RESULTS = os.path.join(benchmark.RESULTS, "levers")
 BASE = "56c1ae1"  # main before this work
 
-# name -> what it changes, and the two sides: {'rev': commit} (a source tree) or {'xla_flags': ...}
+# name -> what it changes, and the two sides: {'rev': commit} (a source tree), {'xla_flags': ...} or
+# {'glibc_tunables': ...} (without it, a side runs with the GLIBC_TUNABLES main.py would give it)
 LEVERS = {
     "gelu_erf": dict(
         what="MlpBlock's exact GELU as x/2 (1 + erf(x/sqrt 2)) instead of jax.nn.gelu's erfc form "
@@ -82,6 +83,13 @@ LEVERS = {
              "importing the trainer no longer imports TensorFlow (a memory lever: its libraries stay out of "
              "the process)",
         before={"rev": "38f8d1f"}, after={"rev": "43bd16f"}, models=("vit_ti16", "poolformer_s12")),
+    "huge_pages": dict(
+        what="GLIBC_TUNABLES=glibc.malloc.hugetlb=1, which main.py now sets by re-executing itself "
+             "(train/huge_pages.py): glibc's malloc asks for transparent huge pages for the temporary buffer "
+             "XLA allocates and frees at every call, so that it is faulted in 2 MiB rather than 4 KiB at a time "
+             "(the kernel here gives huge pages only to memory that asks: transparent_hugepage=madvise)",
+        before={"glibc_tunables": ""}, after={"glibc_tunables": "glibc.malloc.hugetlb=1"},
+        models=("vit_ti16", "vit_s16", "vit_b16", "poolformer_s12", "nest_t", "maxvit_t")),
 }
 
 
@@ -97,7 +105,8 @@ def export_tree(rev: str) -> str:
 
 def side(name: str, spec: dict) -> dict:
     pythonpath = export_tree(spec["rev"]) if "rev" in spec else benchmark.ROOT
-    return {"name": name, "kind": "jax", "pythonpath": pythonpath, "xla_flags": spec.get("xla_flags", "")}
+    return {"name": name, "kind": "jax", "pythonpath": pythonpath, "xla_flags": spec.get("xla_flags", ""),
+            **({"glibc_tunables": spec["glibc_tunables"]} if "glibc_tunables" in spec else {})}
 
 
 def measure(lever: str, models, args) -> dict:

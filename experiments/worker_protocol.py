@@ -32,16 +32,21 @@ class Stopwatch:
 
 
 def timed(fn, count: int) -> dict:
-    """{'wall': seconds, 'cpu': this process's CPU seconds (all threads)} of each of `count` calls of
-    `fn`, which must block until its work is done. CPU time is less sensitive than wall time to other
-    processes sharing the cores, but counts threads spinning while they wait for work."""
-    times = {"wall": [], "cpu": []}
+    """{'wall': seconds, 'cpu': this process's CPU seconds (all threads), 'system': the part of those spent
+    in the kernel, 'page_faults': minor page faults} of each of `count` calls of `fn`, which must block
+    until its work is done. CPU time is less sensitive than wall time to other processes sharing the
+    cores, but counts threads spinning while they wait for work."""
+    times = {"wall": [], "cpu": [], "system": [], "page_faults": []}
     for _ in range(count):
+        before = resource.getrusage(resource.RUSAGE_SELF)
         watch = Stopwatch()
         fn()
         wall, cpu = watch.read()
+        after = resource.getrusage(resource.RUSAGE_SELF)
         times["wall"].append(wall)
         times["cpu"].append(cpu)
+        times["system"].append(after.ru_stime - before.ru_stime)
+        times["page_faults"].append(after.ru_minflt - before.ru_minflt)
     return times
 
 

@@ -15,7 +15,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from tokenlearner_jax.train import preemption  # light: jax and the trainer are imported in main()
+from tokenlearner_jax.train import huge_pages, preemption  # light: jax and the trainer are imported in main()
 
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py[:arg]).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl, TensorBoard and config.json.")
@@ -120,7 +120,8 @@ def _refuse_renamed_fields(argv):
 
 
 def run():
-    preemption.install()  # first, so that a signal during start-up exits 75 at once (train/preemption.py)
+    huge_pages.reexec_with_huge_pages()  # once, before anything starts (train/huge_pages.py says why)
+    preemption.install()  # then at once, so that a signal during start-up exits 75 (train/preemption.py)
     from tokenlearner_jax.train import console
 
     console.quiet_native_logs(verbose="--verbose" in sys.argv[1:])

@@ -113,7 +113,8 @@ def header(run: dict) -> str:
                                        if timm else "")
     peaks = ", ".join(f"{name} {value:.0f}" for name, value in run["matmul_gflops"].items())
     return (f"Command: `{run['command']}`\n\nMachine: {run['machine']}; {versions}; XLA_FLAGS="
-            f"'{ours['xla_flags']}', ours with GLIBC_TUNABLES='{ours.get('glibc_tunables', '')}'. Batch {run['batch_size']}, float32, {run['rounds']} interleaved rounds of "
+            f"'{ours['xla_flags']}', ours with GLIBC_TUNABLES='{ours.get('glibc_tunables', '')}'. "
+            f"Batch {run['batch_size']}, float32, {run['rounds']} interleaved rounds of "
             f"{run['steps']} timed steps per side (after one warm-up step), medians with (min-max).\n\n"
             f"Float32 2048^3 matmul GFLOP/s (median): {peaks}; the peak below is the larger.\n\n"
             f"Load: `{run['uptime_before']}` before, `{run.get('uptime_after', '?')}` after.\n")

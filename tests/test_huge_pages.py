@@ -41,29 +41,26 @@ def test_tunable_asked_for_only_where_it_changes_something(tmp_path):
     assert huge_pages.tunables({}, madvise, (2, 34)) is None
 
 
-def _child(code, env, timeout=300):
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": ROOT, **env}, cwd=ROOT, timeout=timeout)
+def _child(code, env, *args):
+    """stdout lines of `python -c code *args` run with `env` added to this environment."""
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": ROOT, **env}, cwd=ROOT, timeout=300)
     assert result.returncode == 0, result.stderr
-    return result.stdout.split()
+    return result.stdout.splitlines()
 
 
 def test_reexecution_keeps_the_process_and_its_arguments():
     expected = huge_pages.tunables({})
     code = """
         import os, sys
-        print(os.getpid(), os.environ.get("GLIBC_TUNABLES", "-"), sys.argv[1:], flush=True)
+        print(os.getpid(), os.environ.get("GLIBC_TUNABLES") or "-", sys.argv[1:], flush=True)
         from tokenlearner_jax.train import huge_pages
         huge_pages.reexec_with_huge_pages()
-        print(os.getpid(), os.environ.get("GLIBC_TUNABLES", "-"), sys.argv[1:])
+        print(os.getpid(), os.environ.get("GLIBC_TUNABLES") or "-", sys.argv[1:])
     """
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code), "--flag=1"], capture_output=True,
-                            text=True, env={k: v for k, v in {**os.environ, "PYTHONPATH": ROOT}.items()
-                                            if k != "GLIBC_TUNABLES"}, cwd=ROOT, timeout=60)
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
+    lines = _child(code, {"GLIBC_TUNABLES": ""}, "--flag=1")
     if expected is None:  # nothing to gain on this machine: the process goes on as it is
-        assert lines == [lines[0], lines[0]] and "-" in lines[0].split()[1], lines
+        assert lines == [lines[0], lines[0]] and lines[0].split()[1] == "-", lines
         return
     # re-executed: the first run's lines, then the new program's two, all in one process
     first, again, after = (line.split(" ", 2) for line in lines)

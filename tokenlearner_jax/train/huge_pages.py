@@ -1,5 +1,5 @@
-"""Transparent huge pages for XLA's buffers: the entry points re-execute themselves once, at start, with
-glibc's malloc asking the kernel for huge pages (GLIBC_TUNABLES=glibc.malloc.hugetlb=1).
+"""Transparent huge pages for XLA's buffers: main.py re-executes itself once, at start, with glibc's
+malloc asking the kernel for huge pages (GLIBC_TUNABLES=glibc.malloc.hugetlb=1).
 
 XLA's CPU runtime mallocs a program's temporary buffer (about 2 GB for ViT-S/16's train step at batch
 16) at every call and frees it after. glibc hands a block that large out as a fresh mmap and gives it
@@ -9,7 +9,8 @@ Where the kernel gives huge pages only to memory that asks for them (`madvise` i
 /sys/kernel/mm/transparent_hugepage/enabled, the default of many distributions), glibc 2.35 or later asks
 for them with this tunable: 2k faults and 0.3 s per step, the same peak RSS (lever huge_pages in
 experiments/results/levers.md). glibc reads its tunables only when a process starts, hence the
-re-execution. PyTorch's CPU allocator keeps its blocks between steps, so timm's steps do not fault this way.
+re-execution. timm's steps fault far less without it (PyTorch frees tensors as the step goes) and
+gain a little from it too (docs/performance.md).
 
 A GLIBC_TUNABLES that already names glibc.malloc.hugetlb is left alone: `GLIBC_TUNABLES=glibc.malloc.hugetlb=0`
 turns this off.

@@ -112,7 +112,7 @@ class JaxSide:
         times = {}
         # Importing the trainer is timed on its own, as timm's worker imports torch and timm untimed.
         watch = worker_protocol.Stopwatch()
-        from tokenlearner_jax.train import trainer  # noqa: F401
+        from tokenlearner_jax.train import trainer
         times["import"] = watch.read()
         watch = worker_protocol.Stopwatch()
         net, init_state, train_step, to_global, self.context, self.variables = trainer_step(config, info)
@@ -130,7 +130,8 @@ class JaxSide:
             self.train_step = lowered.compile()
             times["compile"] = watch.read()
             watch = worker_protocol.Stopwatch()
-            forward = jax.jit(lambda v, x: net.apply(v, x, train=False))
+            forward = jax.jit(lambda v, x: net.apply(v, x, train=False),
+                              compiler_options=trainer.step_compiler_options())
             self.forward = forward.lower(self.variables(self.state), self.batch["image"]).compile()
             times["infer_compile"] = watch.read()
         memory = self.train_step.memory_analysis()
@@ -143,7 +144,7 @@ class JaxSide:
                 "cudnn_attention_calls": self.train_step.as_text().count("__cudnn$fmha"),
                 "device": jax.devices()[0].device_kind,
                 "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
-                "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
+                "allocator": worker_protocol.allocator_environment()}
 
     def _train_once(self):
         import jax
@@ -207,31 +208,36 @@ def ensure_timm_venv(path: str, packages: str, index_url: str) -> str:
     return python
 
 
+SIDE_OPTIONS = ("xla_flags", "pythonpath", "glibc_tunables", "ld_preload", "malloc_conf")
+
+
 def parse_side(text: str, default_pythonpath: str) -> dict:
-    """'name' or 'name:KEY=VALUE;KEY=VALUE' with keys xla_flags, pythonpath and glibc_tunables -> a side of
-    ours."""
+    """'name' or 'name:KEY=VALUE;KEY=VALUE' with keys SIDE_OPTIONS -> a side of ours."""
     name, _, options = text.partition(":")
     side = {"name": name, "kind": "jax", "pythonpath": default_pythonpath, "xla_flags": ""}
     for option in filter(None, options.split(";")):
         key, _, value = option.partition("=")
-        if key not in ("xla_flags", "pythonpath", "glibc_tunables"):
-            raise ValueError(f"--sides: unknown option {key!r} in {text!r}: expected xla_flags, pythonpath or "
-                             f"glibc_tunables")
+        if key not in SIDE_OPTIONS:
+            raise ValueError(f"--sides: unknown option {key!r} in {text!r}: expected one of {SIDE_OPTIONS}")
         side[key] = value
     return side
 
 
 def start_worker(side: dict, timm_python: str, log_path: str) -> worker_protocol.Worker:
-    """A worker for `side`. Ours runs with the GLIBC_TUNABLES main.py would give it (the side's
-    glibc_tunables instead, where it has one); timm with this process's environment."""
+    """A worker for `side`. Ours runs under the allocator main.py would pick (train/allocator.py), or the
+    side's own glibc_tunables / ld_preload / malloc_conf where it names any; timm with this process's
+    environment."""
     if side["kind"] == "timm":
         argv = [timm_python, os.path.join(HERE, "benchmark_timm_worker.py")]
         return worker_protocol.Worker(side["name"], argv, {"PYTHONPATH": HERE}, log_path)
-    from tokenlearner_jax.train import huge_pages
+    from tokenlearner_jax.train import allocator
 
-    tunables = side.get("glibc_tunables", huge_pages.tunables() or os.environ.get("GLIBC_TUNABLES", ""))
-    env = {"PYTHONPATH": os.pathsep.join([side["pythonpath"], HERE]), "XLA_FLAGS": side["xla_flags"],
-           "GLIBC_TUNABLES": tunables}
+    keys = {"glibc_tunables": "GLIBC_TUNABLES", "ld_preload": "LD_PRELOAD", "malloc_conf": "MALLOC_CONF"}
+    if any(key in side for key in keys):
+        memory = {variable: side.get(key, "") for key, variable in keys.items()}
+    else:
+        memory = {**{variable: os.environ.get(variable, "") for variable in keys.values()}, **allocator.environment()}
+    env = {"PYTHONPATH": os.pathsep.join([side["pythonpath"], HERE]), "XLA_FLAGS": side["xla_flags"], **memory}
     return worker_protocol.Worker(side["name"], [sys.executable, os.path.abspath(__file__), "--worker"], env, log_path)
 
 
@@ -318,7 +324,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds (A B, B A, ...)")
     parser.add_argument("--steps", type=int, default=2, help="timed steps per side and round")
     parser.add_argument("--sides", default="ours,timm",
-                        help="'timm' and sides of ours: NAME or NAME:xla_flags=...;pythonpath=DIR;glibc_tunables=...")
+                        help="'timm' and sides of ours: NAME or NAME:KEY=VALUE;... with keys " + ", ".join(SIDE_OPTIONS))
     parser.add_argument("--profile", type=int, default=0, help="also profile this many train steps per side")
     parser.add_argument("--timm_venv", default=os.path.expanduser("~/.cache/tokenlearner_jax/timm-venv"))
     parser.add_argument("--timm_packages", default=TIMM_PACKAGES)
@@ -339,7 +345,9 @@ def main():
     os.makedirs(args.log_dir, exist_ok=True)
     timm_python = ensure_timm_venv(args.timm_venv, args.timm_packages, args.torch_index_url) \
         if any(s["kind"] == "timm" for s in sides) else None
-    run = {"command": "python " + " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:]),
+    choice = os.environ.get("TOKENLEARNER_ALLOCATOR")
+    run = {"command": (f"TOKENLEARNER_ALLOCATOR={choice} " if choice else "") + "python "
+                      + " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:]),
            "machine": machine_description(), "sides": sides, "batch_size": args.batch_size,
            "rounds": args.rounds, "steps": args.steps, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
            "uptime_before": uptime()}

@@ -106,6 +106,15 @@ def profiles(run: dict, rows: int = 12) -> str:
     return "\n".join(out)
 
 
+def allocator(side: dict) -> str:
+    """How a side's malloc was set up ('' where the run did not record it: runs before 'allocator' was
+    recorded had only our side's GLIBC_TUNABLES)."""
+    if "allocator" not in side and "glibc_tunables" not in side:
+        return ""
+    variables = side.get("allocator", {"GLIBC_TUNABLES": side.get("glibc_tunables")})
+    return " ".join(f"{name}='{value}'" for name, value in variables.items() if value) or "the system's malloc"
+
+
 def header(run: dict) -> str:
     first = run["models"][0]
     ours, timm = first["ours"], next((m["timm"] for m in run["models"] if "timm" in m), None)
@@ -113,7 +122,8 @@ def header(run: dict) -> str:
                                        if timm else "")
     peaks = ", ".join(f"{name} {value:.0f}" for name, value in run["matmul_gflops"].items())
     return (f"Command: `{run['command']}`\n\nMachine: {run['machine']}; {versions}; XLA_FLAGS="
-            f"'{ours['xla_flags']}', ours with GLIBC_TUNABLES='{ours.get('glibc_tunables', '')}'. "
+            f"'{ours['xla_flags']}'; ours with {allocator(ours)}"
+            + (f", timm with {allocator(timm)}" if timm and allocator(timm) else "") + ". "
             f"Batch {run['batch_size']}, float32, {run['rounds']} interleaved rounds of "
             f"{run['steps']} timed steps per side (after one warm-up step), medians with (min-max).\n\n"
             f"Float32 2048^3 matmul GFLOP/s (median): {peaks}; the peak below is the larger.\n\n"

@@ -73,7 +73,8 @@ def setup(*, model: str, model_kwargs: dict, input_shape: list, num_classes: int
 
     _state.update(net=net, train_step=train_step, infer_step=infer_step, images=images, device=device)
     return {"init_s": init_s, "init_cpu_s": init_cpu_s, "params": sum(p.numel() for p in net.parameters()),
-            "torch": torch.__version__, "timm": timm.__version__, "threads": torch.get_num_threads()}
+            "torch": torch.__version__, "timm": timm.__version__, "threads": torch.get_num_threads(),
+            "allocator": worker_protocol.allocator_environment()}
 
 
 def warmup():

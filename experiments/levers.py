@@ -9,7 +9,8 @@ is written to experiments/results/levers/LEVER.json; the table of every lever me
 the decision rule below applied, to experiments/results/levers.md.
 
 Decision: a speed lever is kept when the median train step is at least 3% faster by both wall and
-CPU time on every model measured and the numerics are unchanged (the parity tests); a memory lever
+CPU time on every model measured, the numerics are unchanged (the parity tests) and peak RSS grows by
+5% or less on every model (a faster lever that costs more memory is at most an option); a memory lever
 when peak RSS drops by 5% or more at no more than 5% of speed; a lever that changes only the
 initialisation when init takes 10% less CPU time or more on every model and the train step compiles to
 the same program (XLA's FLOP count and buffer sizes equal), since its timings then differ only by noise.
@@ -32,8 +33,17 @@ import worker_protocol
 RESULTS = os.path.join(benchmark.RESULTS, "levers")
 BASE = "56c1ae1"  # main before this work
 
-# name -> what it changes, and the two sides: {'rev': commit} (a source tree), {'xla_flags': ...} or
-# {'glibc_tunables': ...} (without it, a side runs with the GLIBC_TUNABLES main.py would give it)
+# name -> what it changes, and the two sides: {'rev': commit} (a source tree), {'xla_flags': ...}, or the
+# malloc: {'glibc_tunables', 'ld_preload', 'malloc_conf'} (a side naming none runs under the allocator
+# main.py would pick, train/allocator.py)
+HUGE_PAGES = {"glibc_tunables": "glibc.malloc.hugetlb=1"}
+
+
+def _jemalloc(conf: str) -> dict:
+    """A side under jemalloc (Debian's libjemalloc2) with MALLOC_CONF=conf."""
+    return {"glibc_tunables": "", "ld_preload": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "malloc_conf": conf}
+
+
 LEVERS = {
     "gelu_erf": dict(
         what="MlpBlock's exact GELU as x/2 (1 + erf(x/sqrt 2)) instead of jax.nn.gelu's erfc form "
@@ -85,11 +95,48 @@ LEVERS = {
         before={"rev": "38f8d1f"}, after={"rev": "43bd16f"}, models=("vit_ti16", "poolformer_s12")),
     "huge_pages": dict(
         what="GLIBC_TUNABLES=glibc.malloc.hugetlb=1, which main.py now sets by re-executing itself "
-             "(train/huge_pages.py): glibc's malloc asks for transparent huge pages for the temporary buffer "
+             "(train/allocator.py, then train/huge_pages.py): glibc's malloc asks for transparent huge pages for the temporary buffer "
              "XLA allocates and frees at every call, so that it is faulted in 2 MiB rather than 4 KiB at a time "
              "(the kernel here gives huge pages only to memory that asks: transparent_hugepage=madvise)",
-        before={"glibc_tunables": ""}, after={"glibc_tunables": "glibc.malloc.hugetlb=1"},
+        before={"glibc_tunables": ""}, after=HUGE_PAGES,
         models=("vit_ti16", "vit_s16", "vit_b16", "poolformer_s12", "nest_t", "maxvit_t")),
+    "jemalloc_retain": dict(
+        what="LD_PRELOAD=libjemalloc.so.2 with MALLOC_CONF=thp:always,dirty_decay_ms:-1,muzzy_decay_ms:-1 "
+             "instead of glibc's malloc with huge pages: freed memory stays mapped, so XLA's per-call "
+             "temporary buffer is reused without being faulted in and zeroed again",
+        before=HUGE_PAGES, after=_jemalloc("thp:always,dirty_decay_ms:-1,muzzy_decay_ms:-1"),
+        models=("vit_b16", "nest_t")),
+    "jemalloc_default_decay": dict(
+        what="LD_PRELOAD=libjemalloc.so.2 with MALLOC_CONF=narenas:1,thp:always and jemalloc's default decay "
+             "(freed memory goes back to the system after about 10 s unused) instead of glibc's malloc with "
+             "huge pages; run with 4 steps in a row per side and round, so that most steps follow a step of "
+             "their own side, as in training",
+        before=HUGE_PAGES, after=_jemalloc("narenas:1,thp:always"),
+        models=("vit_b16", "nest_t")),
+    "jemalloc_one_arena": dict(
+        what="jemalloc_retain's allocator with narenas:1 added to MALLOC_CONF (one arena for all threads, "
+             "so that memory one thread frees can serve another's next allocation)",
+        before=_jemalloc("thp:always,dirty_decay_ms:-1,muzzy_decay_ms:-1"),
+        after=_jemalloc("thp:always,dirty_decay_ms:-1,muzzy_decay_ms:-1,narenas:1"),
+        models=("vit_b16",)),
+    "jemalloc_retain_no_thp": dict(
+        what="LD_PRELOAD=libjemalloc.so.2 with MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1 (jemalloc_retain "
+             "without asking for huge pages) instead of glibc's malloc with huge pages",
+        before=HUGE_PAGES, after=_jemalloc("dirty_decay_ms:-1,muzzy_decay_ms:-1"),
+        models=("vit_b16",)),
+    "jemalloc": dict(
+        what="LD_PRELOAD=libjemalloc.so.2 with MALLOC_CONF=narenas:1,thp:always,dirty_decay_ms:-1,muzzy_decay_ms:-1 "
+             "(one arena, huge pages, freed memory kept) instead of glibc's malloc with huge pages: XLA's "
+             "per-call temporary buffer is reused without being faulted in and zeroed again; main.py runs "
+             "under it with TOKENLEARNER_ALLOCATOR=jemalloc (train/allocator.py)",
+        before=HUGE_PAGES, after=_jemalloc("narenas:1,thp:always,dirty_decay_ms:-1,muzzy_decay_ms:-1"),
+        models=("vit_ti16", "vit_s16", "vit_b16", "poolformer_s12", "nest_t", "maxvit_t")),
+    "xla_memory_scheduler": dict(
+        what="XLA_FLAGS=--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED (XLA CPU's scheduler that "
+             "orders operations to keep fewer buffers alive at once; a memory lever), which the trainer now asks "
+             "for on CPU (trainer.CPU_STEP_COMPILER_OPTIONS)",
+        before={"xla_flags": ""}, after={"xla_flags": "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"},
+        models=("vit_s16", "nest_t")),
 }
 
 
@@ -105,8 +152,8 @@ def export_tree(rev: str) -> str:
 
 def side(name: str, spec: dict) -> dict:
     pythonpath = export_tree(spec["rev"]) if "rev" in spec else benchmark.ROOT
-    return {"name": name, "kind": "jax", "pythonpath": pythonpath, "xla_flags": spec.get("xla_flags", ""),
-            **({"glibc_tunables": spec["glibc_tunables"]} if "glibc_tunables" in spec else {})}
+    options = {key: spec[key] for key in ("glibc_tunables", "ld_preload", "malloc_conf") if key in spec}
+    return {"name": name, "kind": "jax", "pythonpath": pythonpath, "xla_flags": spec.get("xla_flags", ""), **options}
 
 
 def measure(lever: str, models, args) -> dict:
@@ -133,10 +180,12 @@ def measure(lever: str, models, args) -> dict:
 
 def decision(rows) -> str:
     speed = [(r["train_wall"], r["train_cpu"]) for r in rows]
+    memory = [r["rss_after"] / r["rss_before"] for r in rows]
     if all(w >= 1.03 and c >= 1.03 for w, c in speed):
+        if max(memory) > 1.05:
+            return f"not the default (faster on every model, but peak RSS up to {max(memory):.2f}x)"
         return "kept (faster on every model)"
     no_slower = all(w >= 0.95 and c >= 0.95 for w, c in speed)
-    memory = [r["rss_after"] / r["rss_before"] for r in rows]
     if all(m <= 0.95 for m in memory) and no_slower:
         return "kept (less memory)"
     if all(r["init_after"] <= 0.9 * r["init_before"] and r["same_train_program"] for r in rows):
@@ -174,7 +223,8 @@ def table() -> str:
                                                                        "xla_argument_bytes")),
                 rss_before=before["peak_rss_bytes"], rss_after=after["peak_rss_bytes"],
                 load=f"{m['load_before'][0]:.1f} -> {m['load_after'][0]:.1f}"))
-        verdict = decision(rows) if not failed else "dropped (a side failed)"
+        failed_on = ", ".join(benchmark.MODELS[m["model"]][0] for m in failed)
+        verdict = decision(rows) if not failed else f"not the default (a side failed on {failed_on})"
         for r in rows:
             lines.append(f"| {run['lever']} | {r['model']} | {r['times']} | {r['train_wall']:.2f} ({r['train_cpu']:.2f}) | "
                          f"{r['infer']} | {r['compile']} | {r['init']} | {r['rss_before'] / 1e9:.1f} -> "

@@ -16,6 +16,14 @@ import time
 import traceback
 
 
+ALLOCATOR_VARIABLES = ("LD_PRELOAD", "MALLOC_CONF", "GLIBC_TUNABLES")
+
+
+def allocator_environment() -> dict:
+    """The environment variables that pick and tune this process's malloc, as they are set."""
+    return {name: os.environ[name] for name in ALLOCATOR_VARIABLES if os.environ.get(name)}
+
+
 def peak_rss_bytes() -> int:
     """Peak resident set size of this process so far (Linux reports ru_maxrss in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -82,8 +90,11 @@ class Worker:
                                         env={**os.environ, **(env or {})})
 
     def call(self, cmd: str, **arguments):
-        self.process.stdin.write(json.dumps({"cmd": cmd, **arguments}) + "\n")
-        line = self.process.stdout.readline()
+        try:
+            self.process.stdin.write(json.dumps({"cmd": cmd, **arguments}) + "\n")
+            line = self.process.stdout.readline()
+        except BrokenPipeError:  # it died before this call (killed by the OOM killer, say)
+            line = ""
         if not line:
             code = self.process.wait()
             how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"

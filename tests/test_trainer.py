@@ -149,3 +149,33 @@ def test_init_compiled_at_the_cheaper_level_gives_the_default_levels_state(flags
     for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(cheaper)[0], jax.tree.leaves(default)):
         np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
     assert sum(leaf.size for leaf in jax.tree.leaves(cheaper.params)) > 1000
+
+
+@pytest.mark.parametrize("flags", [
+    TINY,
+    ["--config=configs/nest_digits.py", "--config.batch_size=32"],
+], ids=["vit_token_learner", "nest"])
+def test_train_step_under_the_memory_scheduler_gives_the_default_schedulers_numbers(flags):
+    """On CPU, Setup compiles the steps with trainer.CPU_STEP_COMPILER_OPTIONS (another order of the
+    same operations, for less memory); two train steps must give, bit for bit, the state and metrics
+    of the step compiled with XLA's default scheduler."""
+    config = parse_config(flags)
+    info = trainer.resolve_dataset(config)
+    setup = trainer.Setup(config, info, total_steps=2)
+    assert trainer.step_compiler_options() == trainer.CPU_STEP_COMPILER_OPTIONS
+    default_step = jax.jit(setup._train_step, in_shardings=(setup.state_shardings, setup.batch_sharding),
+                           out_shardings=(setup.state_shardings, setup.replicated, setup.replicated))
+    rng = np.random.RandomState(0)
+    batches = [{"image": rng.rand(config.batch_size, *info.image_shape).astype(np.float32),
+                "label": rng.randint(0, info.num_classes, config.batch_size).astype(np.int32)} for _ in range(2)]
+    results = []
+    for step in (setup.train_step, default_step):
+        state = setup.init_state()
+        with setup.context():
+            for batch in batches:
+                state, *metrics = step(state, setup.to_global(batch))
+        results.append(jax.tree.map(np.asarray, (state, metrics)))
+    (ours, default) = results
+    assert jax.tree.structure(ours) == jax.tree.structure(default)
+    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(ours)[0], jax.tree.leaves(default)):
+        np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))

@@ -15,7 +15,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from tokenlearner_jax.train import huge_pages, preemption  # light: jax and the trainer are imported in main()
+from tokenlearner_jax.train import allocator, preemption  # light: jax and the trainer are imported in main()
 
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py[:arg]).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl, TensorBoard and config.json.")
@@ -120,7 +120,10 @@ def _refuse_renamed_fields(argv):
 
 
 def run():
-    huge_pages.reexec_with_huge_pages()  # once, before anything starts (train/huge_pages.py says why)
+    try:
+        allocator.reexec_with_allocator()  # once, before anything starts (train/allocator.py says why)
+    except ValueError as error:
+        sys.exit(f"{preemption.MESSAGE_PREFIX}error: {error}")
     preemption.install()  # then at once, so that a signal during start-up exits 75 (train/preemption.py)
     from tokenlearner_jax.train import console
 

@@ -208,7 +208,9 @@ def ensure_timm_venv(path: str, packages: str, index_url: str) -> str:
     return python
 
 
-SIDE_OPTIONS = ("xla_flags", "pythonpath", "glibc_tunables", "ld_preload", "malloc_conf")
+# a side's malloc: option name -> environment variable (glibc_tunables -> GLIBC_TUNABLES, ...)
+ALLOCATOR_OPTIONS = {name.lower(): name for name in worker_protocol.ALLOCATOR_VARIABLES}
+SIDE_OPTIONS = ("xla_flags", "pythonpath", *ALLOCATOR_OPTIONS)
 
 
 def parse_side(text: str, default_pythonpath: str) -> dict:
@@ -232,11 +234,11 @@ def start_worker(side: dict, timm_python: str, log_path: str) -> worker_protocol
         return worker_protocol.Worker(side["name"], argv, {"PYTHONPATH": HERE}, log_path)
     from tokenlearner_jax.train import allocator
 
-    keys = {"glibc_tunables": "GLIBC_TUNABLES", "ld_preload": "LD_PRELOAD", "malloc_conf": "MALLOC_CONF"}
-    if any(key in side for key in keys):
-        memory = {variable: side.get(key, "") for key, variable in keys.items()}
+    if any(key in side for key in ALLOCATOR_OPTIONS):
+        memory = {variable: side.get(key, "") for key, variable in ALLOCATOR_OPTIONS.items()}
     else:
-        memory = {**{variable: os.environ.get(variable, "") for variable in keys.values()}, **allocator.environment()}
+        memory = {**{variable: os.environ.get(variable, "") for variable in ALLOCATOR_OPTIONS.values()},
+                  **allocator.environment()}
     env = {"PYTHONPATH": os.pathsep.join([side["pythonpath"], HERE]), "XLA_FLAGS": side["xla_flags"], **memory}
     return worker_protocol.Worker(side["name"], [sys.executable, os.path.abspath(__file__), "--worker"], env, log_path)
 

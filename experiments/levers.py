@@ -152,7 +152,7 @@ def export_tree(rev: str) -> str:
 
 def side(name: str, spec: dict) -> dict:
     pythonpath = export_tree(spec["rev"]) if "rev" in spec else benchmark.ROOT
-    options = {key: spec[key] for key in ("glibc_tunables", "ld_preload", "malloc_conf") if key in spec}
+    options = {key: spec[key] for key in benchmark.ALLOCATOR_OPTIONS if key in spec}
     return {"name": name, "kind": "jax", "pythonpath": pythonpath, "xla_flags": spec.get("xla_flags", ""), **options}
 
 

@@ -16,11 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-
-def same_padding(size: int, kernel: int, stride: int) -> tuple:
-    """TensorFlow 'SAME' padding (before, after) of one spatial dimension: output side ceil(size / stride)."""
-    total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2
+from tokenlearner_jax.layers.conv import same_padding
 
 
 def depthwise_conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:

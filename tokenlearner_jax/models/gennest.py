@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from tokenlearner_jax.layers.attention import layer_norm
+from tokenlearner_jax.layers.conv import Conv
 from tokenlearner_jax.layers.partitioning import param_with_axes
 from tokenlearner_jax.models.nest import NestLevel
 from tokenlearner_jax.models.registry import DTYPES, register
@@ -70,9 +71,9 @@ class BlockDeaggregation(nn.Module):
     @nn.compact
     def __call__(self, x):
         """x: `[batch, h, w, channels]` -> `[batch, 2h, 2w, self.width]`."""
-        x = nn.Conv(4 * self.width, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype, name="deaggregation_conv",
-                    kernel_init=param_with_axes(_INIT, ("patch_h", "patch_w", "conv_in", "embed")),
-                    bias_init=param_with_axes(nn.initializers.zeros, ("embed",)))(x)
+        x = Conv(4 * self.width, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype, name="deaggregation_conv",
+                 kernel_init=param_with_axes(_INIT, ("patch_h", "patch_w", "conv_in", "embed")),
+                 bias_init=param_with_axes(nn.initializers.zeros, ("embed",)))(x)
         return layer_norm("deaggregation_norm", dtype=self.dtype)(depth_to_space(x, 2))
 
 

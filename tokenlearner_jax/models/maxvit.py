@@ -40,6 +40,7 @@ from tokenlearner_jax.layers import blocking
 from tokenlearner_jax.layers import token_learner as token_learner_lib
 from tokenlearner_jax.layers.token_learner import StageTokenLearner, TokenLearnerSpec
 from tokenlearner_jax.layers.attention import DropPath, MlpBlock, MultiHeadAttention, layer_norm
+from tokenlearner_jax.layers.conv import Conv
 from tokenlearner_jax.layers.depthwise import DepthwiseConv
 from tokenlearner_jax.layers.partitioning import constrain_batch, param_with_axes
 from tokenlearner_jax.layers.relative_position import RelativePositionBias
@@ -73,8 +74,8 @@ def conv3x3(features: int, stride: int, name: str, dtype, *, use_bias: bool = Tr
     if depthwise:
         return DepthwiseConv(3, stride, use_bias=use_bias, kernel_init=kernel_init, bias_init=bias_init, dtype=dtype,
                              name=name)
-    return nn.Conv(features, (3, 3), strides=(stride, stride), padding="SAME", use_bias=use_bias, dtype=dtype,
-                   name=name, kernel_init=kernel_init, bias_init=bias_init)
+    return Conv(features, (3, 3), strides=(stride, stride), padding="SAME", use_bias=use_bias, dtype=dtype,
+                name=name, kernel_init=kernel_init, bias_init=bias_init)
 
 
 def dense(features: int, axes: Tuple[Optional[str], Optional[str]], name: str, dtype, *, use_bias: bool = True):

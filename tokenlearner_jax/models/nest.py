@@ -35,6 +35,7 @@ from tokenlearner_jax.layers import token_learner as token_learner_lib
 from tokenlearner_jax.layers.token_learner import StageTokenLearner, TokenLearnerSpec
 from tokenlearner_jax.layers.attention import GELUS, layer_norm
 from tokenlearner_jax.layers.blocking import block_partition, block_unpartition
+from tokenlearner_jax.layers.conv import Conv
 from tokenlearner_jax.layers.embedding import PatchEmbedding
 from tokenlearner_jax.layers.partitioning import param_with_axes
 from tokenlearner_jax.layers.transformer import EncoderBlock
@@ -106,9 +107,9 @@ class NestLevel(nn.Module):
         """x: `[batch, height, width, channels]` -> `[batch, height', width', self.width]` (halved by the
         aggregation; `[batch, 1, num_tokens, self.width]` with learned tokens and no fuser)."""
         if self.aggregate:
-            x = nn.Conv(self.width, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype, name="aggregation_conv",
-                        kernel_init=param_with_axes(_INIT, ("patch_h", "patch_w", "conv_in", "embed")),
-                        bias_init=param_with_axes(nn.initializers.zeros, ("embed",)))(x)
+            x = Conv(self.width, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype, name="aggregation_conv",
+                     kernel_init=param_with_axes(_INIT, ("patch_h", "patch_w", "conv_in", "embed")),
+                     bias_init=param_with_axes(nn.initializers.zeros, ("embed",)))(x)
             x = layer_norm("aggregation_norm", dtype=self.dtype)(x)
             x = nn.max_pool(x, (3, 3), strides=(2, 2),
                             padding="SAME" if self.pool_padding == "same" else ((1, 1), (1, 1)))

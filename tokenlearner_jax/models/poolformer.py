@@ -21,7 +21,6 @@ import jax.numpy as jnp
 from tokenlearner_jax.layers import token_learner as token_learner_lib
 from tokenlearner_jax.layers.token_learner import StageTokenLearner, TokenLearnerSpec
 from tokenlearner_jax.layers.attention import DropPath, MlpBlock, layer_norm
-from tokenlearner_jax.layers.conv import Conv
 from tokenlearner_jax.layers.mixers import MIXERS, make_mixer
 from tokenlearner_jax.layers.partitioning import constrain_batch, param_with_axes
 from tokenlearner_jax.models.registry import check, check_common, register
@@ -45,11 +44,11 @@ def group_norm(name: str, dtype) -> nn.GroupNorm:
                         bias_init=param_with_axes(nn.initializers.zeros, ("embed",)))
 
 
-def conv(features: int, kernel: int, stride: int, padding: int, name: str, dtype) -> Conv:
-    return Conv(features, (kernel, kernel), strides=(stride, stride), padding=((padding, padding),) * 2,
-                dtype=dtype, name=name,
-                kernel_init=param_with_axes(_INIT, ("patch_h", "patch_w", "conv_in", "embed")),
-                bias_init=param_with_axes(nn.initializers.zeros, ("embed",)))
+def conv(features: int, kernel: int, stride: int, padding: int, name: str, dtype) -> nn.Conv:
+    return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((padding, padding),) * 2,
+                   dtype=dtype, name=name,
+                   kernel_init=param_with_axes(_INIT, ("patch_h", "patch_w", "conv_in", "embed")),
+                   bias_init=param_with_axes(nn.initializers.zeros, ("embed",)))
 
 
 class MetaFormerBlock(nn.Module):

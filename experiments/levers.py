@@ -131,6 +131,16 @@ LEVERS = {
              "under it with TOKENLEARNER_ALLOCATOR=jemalloc (train/allocator.py)",
         before=HUGE_PAGES, after=_jemalloc("narenas:1,thp:always,dirty_decay_ms:-1,muzzy_decay_ms:-1"),
         models=("vit_ti16", "vit_s16", "vit_b16", "poolformer_s12", "nest_t", "maxvit_t")),
+    "conv_kernel_grad_matmuls": dict(
+        what="dense convolutions (NesT's aggregation, MaxViT's stem, PoolFormer's stem and downsampling) through "
+             "layers/conv.py, whose kernel gradient is one matrix product per kernel tap, instead of XLA's "
+             "kernel-gradient convolution (in isolation 7-11x slower than the forward pass at NesT-T's and "
+             "MaxViT-T's shapes)",
+        before={"rev": "b0b88e2"}, after={"rev": "5fff94a"}, models=("poolformer_s12", "nest_t", "maxvit_t")),
+    "conv_kernel_grad_matmuls_nest_maxvit": dict(
+        what="conv_kernel_grad_matmuls for NesT's aggregation and MaxViT's 3x3 convolutions only (PoolFormer, which "
+             "did not gain, keeps nn.Conv)",
+        before={"rev": "b0b88e2"}, after={"rev": "ffae38e"}, models=("nest_t", "maxvit_t")),
     "xla_memory_scheduler": dict(
         what="XLA_FLAGS=--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED (XLA CPU's scheduler that "
              "orders operations to keep fewer buffers alive at once; a memory lever), which the trainer now asks "

@@ -5,6 +5,8 @@ process (wall and CPU time, medians).
 
   python experiments/layer_micro_benchmark.py [--rounds=8] [--shapes=vit_s,nest_l0,maxvit_s0] [--levers=gelu,...]
 
+'conv_kernel_grad' times nn.Conv against layers/conv.py's Conv at the dense convolutions of our models.
+
 The 'before' attention is layers/attention.py of commit BEFORE (read from git). Writes
 experiments/results/layer_micro.md.
 """
@@ -23,6 +25,7 @@ import numpy as np
 import benchmark
 import worker_protocol
 from tokenlearner_jax.layers import attention
+from tokenlearner_jax.layers.conv import Conv
 
 BEFORE = "7829f20"  # h-perf: GELU changed, attention not yet
 # lever -> what 'before -> after' is
@@ -30,7 +33,18 @@ LEVERS = {
     "gelu": "GELU, erfc -> erf form",
     "attention_layout": "separate q/k/v products -> stacked projection, heads-major products",
     "dot_product_attention": "jax.nn.dot_product_attention (XLA) -> explicit einsums",
+    "conv_kernel_grad": "nn.Conv (XLA's kernel gradient) -> layers.conv.Conv (one matrix product per tap)",
 }
+# dense convolutions of our models: (label, input shape, kernel, stride, padding, output channels)
+CONVS = (
+    ("NesT-T level-1 aggregation", (16, 56, 56, 96), 3, 1, ((1, 1), (1, 1)), 192),
+    ("NesT-T level-2 aggregation", (16, 28, 28, 192), 3, 1, ((1, 1), (1, 1)), 384),
+    ("MaxViT-T stem conv 1", (16, 224, 224, 3), 3, 2, "SAME", 64),
+    ("MaxViT-T stem conv 2", (16, 112, 112, 64), 3, 1, "SAME", 64),
+    ("PoolFormer-S12 stem", (16, 224, 224, 3), 7, 4, ((2, 2), (2, 2)), 64),
+    ("PoolFormer-S12 downsampling 1", (16, 56, 56, 64), 3, 2, ((1, 1), (1, 1)), 128),
+    ("TokenLearner v1.1 maps, ViT-B/16", (16, 14, 14, 768), 3, 1, "SAME", 8),
+)
 # name -> (attention batch (images x windows), length, width, heads, relative bias): the models' layers
 SHAPES = {
     "vit_s": ("ViT-S/16 layer, batch 16", 16, 197, 384, 6, False),
@@ -56,11 +70,11 @@ def compare(functions: dict, args: tuple, rounds: int) -> dict:
     """{name: {'wall': [...], 'cpu': [...]}} of jitted `functions` on `args`, alternating orders."""
     for fn in functions.values():
         jax.block_until_ready(fn(*args))
-    times = {name: {"wall": [], "cpu": []} for name in functions}
+    times = {name: {} for name in functions}
     for r in range(rounds):
         for name in (list(functions) if r % 2 == 0 else list(functions)[::-1]):
             for clock, values in worker_protocol.timed(lambda: jax.block_until_ready(functions[name](*args)), 1).items():
-                times[name][clock] += values
+                times[name].setdefault(clock, []).extend(values)
     return times
 
 
@@ -99,6 +113,26 @@ def gelu_rows(rounds):
     return [(f"{LEVERS['gelu']} of ViT-S/16's MLP [16, 197, 1536]", compare(functions, (x,), rounds), error)]
 
 
+def conv_rows(rounds):
+    rows = []
+    for label, shape, kernel, stride, padding, features in CONVS:
+        x = jnp.asarray(np.random.RandomState(0).randn(*shape), jnp.float32)
+        modules = {"before": flax.linen.Conv(features, (kernel, kernel), (stride, stride), padding),
+                   "after": Conv(features, (kernel, kernel), (stride, stride), padding)}
+        params = modules["before"].init(jax.random.key(0), x[:1])["params"]
+        functions, outputs = {}, {}
+        for name, module in modules.items():
+            loss = lambda p, x, m=module: jnp.sum(jnp.sin(m.apply({"params": p}, x)))
+            functions[name] = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+            outputs[name] = functions[name](params, x)
+        pairs = list(zip(jax.tree.leaves(outputs["after"]), jax.tree.leaves(outputs["before"])))
+        error = (max(float(jnp.max(jnp.abs(a - b))) for a, b in pairs)
+                 / max(float(jnp.max(jnp.abs(b))) for _, b in pairs))
+        rows.append((f"{label} {list(shape)} -> {features}, {kernel}x{kernel} stride {stride}: "
+                     f"{LEVERS['conv_kernel_grad']}", compare(functions, (params, x), rounds), error))
+    return rows
+
+
 def row(label, times, error):
     median = lambda side, clock: float(np.median(times[side][clock]))
     return (f"| {label} | {1e3 * median('before', 'wall'):.0f} -> {1e3 * median('after', 'wall'):.0f} | "
@@ -116,7 +150,12 @@ def main():
     before_load = benchmark.uptime()
     rows = []
     for lever in args.levers.split(","):
-        rows += gelu_rows(args.rounds) if lever == "gelu" else attention_rows(args.shapes.split(","), args.rounds, lever)
+        if lever == "gelu":
+            rows += gelu_rows(args.rounds)
+        elif lever == "conv_kernel_grad":
+            rows += conv_rows(args.rounds)
+        else:
+            rows += attention_rows(args.shapes.split(","), args.rounds, lever)
     lines = ["# Layer levers in isolation (forward + backward, float32)", "",
              f"Command: `python experiments/layer_micro_benchmark.py --rounds={args.rounds} --shapes={args.shapes} "
              f"--levers={args.levers}`; "

@@ -1,13 +1,16 @@
 """Dense 2D convolution whose kernel gradient is a sum of matrix products, one per kernel tap.
 
 The forward pass and the input gradient are lax's convolutions. The kernel gradient is not: XLA's CPU
-backend computes it as a convolution contracting over batch and space, which ran 7-11x slower than the
-forward pass at the shapes of NesT-T's block aggregation (`[16, 56, 56, 192]` -> 384 channels: 3.0 s
-against 0.42 s on 2 AMD EPYC cores) and of MaxViT-T's stem (`[16, 112, 112, 64]` -> 64: 1.7 s against
-0.15 s). Here it is, for each tap (p, q) of the k x k kernel,
+backend computes it as a convolution contracting over batch and space, which took 1.7 s against the
+forward pass's 0.15 s at MaxViT-T's second stem convolution (`[16, 112, 112, 64]` -> 64, 2 AMD EPYC
+cores) and put NesT-T's block aggregation first in its train-step profile. Here it is, for each tap
+(p, q) of the k x k kernel,
 `grad_kernel[p, q] = window_pq(x)^T @ grad_out`, a `[c_in, batch * h' * w'] @ [batch * h' * w', c_out]`
 product over the strided window of the padded input that tap sees: the same sums, in another order, at
-the speed of a matrix product (experiments/results/levers.md, lever 'conv_kernel_grad_matmuls').
+the speed of a matrix product: forward + backward 2.07x and 1.28x as fast at NesT-T's aggregations,
+1.81x at that stem convolution, but 0.22x for a convolution to 8 channels such as TokenLearner v1.1's,
+which keeps nn.Conv (experiments/results/layer_micro_conv_kernel_grad.md; whole train steps: lever
+'conv_kernel_grad_matmuls_nest_maxvit' in experiments/results/levers.md).
 `Conv` has nn.Conv's parameters ('kernel' `[k, k, c_in, c_out]`, 'bias' `[c_out]`), so checkpoints and
 weight imports are unchanged.
 """

@@ -67,7 +67,8 @@ def attention_before():
 
 
 def compare(functions: dict, args: tuple, rounds: int) -> dict:
-    """{name: {'wall': [...], 'cpu': [...]}} of jitted `functions` on `args`, alternating orders."""
+    """{name: {clock: [...]}} (wall, CPU and the others worker_protocol.timed reports) of jitted `functions`
+    on `args`, alternating orders."""
     for fn in functions.values():
         jax.block_until_ready(fn(*args))
     times = {name: {} for name in functions}

@@ -134,8 +134,8 @@ LEVERS = {
     "conv_kernel_grad_matmuls": dict(
         what="dense convolutions (NesT's aggregation, MaxViT's stem, PoolFormer's stem and downsampling) through "
              "layers/conv.py, whose kernel gradient is one matrix product per kernel tap, instead of XLA's "
-             "kernel-gradient convolution (in isolation 7-11x slower than the forward pass at NesT-T's and "
-             "MaxViT-T's shapes)",
+             "kernel-gradient convolution (in isolation 11x slower than the forward pass at MaxViT-T's second "
+             "stem convolution)",
         before={"rev": "b0b88e2"}, after={"rev": "5fff94a"}, models=("poolformer_s12", "nest_t", "maxvit_t")),
     "conv_kernel_grad_matmuls_nest_maxvit": dict(
         what="conv_kernel_grad_matmuls for NesT's aggregation and MaxViT's 3x3 convolutions only (PoolFormer, which "

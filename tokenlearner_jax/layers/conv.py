@@ -44,6 +44,15 @@ def explicit_padding(padding: Union[str, Sequence[Tuple[int, int]]], spatial: Se
     return tuple((int(lo), int(hi)) for lo, hi in padding)
 
 
+def tap_window(padded: jax.Array, p: int, q: int, out_size: Tuple[int, int], strides: Tuple[int, int]) -> jax.Array:
+    """The input kernel tap (p, q) multiplies, over all outputs: padded `[batch, h, w, c]` ->
+    `[batch, out_h, out_w, c]` with element [b, i, j] = padded[b, i * sh + p, j * sw + q]."""
+    (out_h, out_w), (sh, sw) = out_size, strides
+    batch, _, _, channels = padded.shape
+    return jax.lax.slice(padded, (0, p, q, 0), (batch, p + (out_h - 1) * sh + 1, q + (out_w - 1) * sw + 1, channels),
+                         (1, sh, sw, 1))
+
+
 def _lax_conv(x, kernel, strides, padding):
     return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_DIMENSIONS)
 
@@ -63,16 +72,10 @@ def _conv2d_backward(strides, padding, residuals, grad_out):
     x, kernel = residuals
     _, input_vjp = jax.vjp(lambda inputs: _lax_conv(inputs, kernel, strides, padding), x)
     (grad_x,) = input_vjp(grad_out)
-    batch, out_h, out_w, _ = grad_out.shape
-    kh, kw, c_in, _ = kernel.shape
-    (sh, sw) = strides
     padded = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
-    taps = []
-    for p in range(kh):
-        for q in range(kw):
-            window = jax.lax.slice(padded, (0, p, q, 0),
-                                   (batch, p + (out_h - 1) * sh + 1, q + (out_w - 1) * sw + 1, c_in), (1, sh, sw, 1))
-            taps.append(jnp.einsum("bhwi,bhwo->io", window, grad_out, preferred_element_type=jnp.float32))
+    taps = [jnp.einsum("bhwi,bhwo->io", tap_window(padded, p, q, grad_out.shape[1:3], strides), grad_out,
+                       preferred_element_type=jnp.float32)
+            for p in range(kernel.shape[0]) for q in range(kernel.shape[1])]
     grad_kernel = jnp.stack(taps).reshape(kernel.shape).astype(kernel.dtype)
     return grad_x, grad_kernel
 

@@ -16,13 +16,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tokenlearner_jax.layers.conv import same_padding
+from tokenlearner_jax.layers.conv import same_padding, tap_window
 
 
 def depthwise_conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
     """x: `[batch, h, w, c]`, kernel: `[k, k, 1, c]` -> `[batch, ceil(h / stride), ceil(w / stride), c]`,
     'SAME' padding: out[b, i, j, c] = sum_{p, q} x_padded[b, i * stride + p, j * stride + q, c] * kernel[p, q, 0, c]."""
-    batch, height, width, channels = x.shape
+    _, height, width, channels = x.shape
     k = kernel.shape[0]
     if kernel.shape != (k, k, 1, channels):
         raise ValueError(f"depthwise_conv2d: kernel {kernel.shape} does not fit {channels} channels (expected "
@@ -32,10 +32,7 @@ def depthwise_conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Ar
     out = None
     for p in range(k):
         for q in range(k):
-            window = jax.lax.slice(x, (0, p, q, 0),
-                                   (batch, p + (out_h - 1) * stride + 1, q + (out_w - 1) * stride + 1, channels),
-                                   (1, stride, stride, 1))
-            term = window * kernel[p, q, 0]
+            term = tap_window(x, p, q, (out_h, out_w), (stride, stride)) * kernel[p, q, 0]
             out = term if out is None else out + term
     return out
 

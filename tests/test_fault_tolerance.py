@@ -152,49 +152,75 @@ def test_divergence_can_skip_and_count_bad_steps_instead(tmp_path):
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(final_params(workdir)[1]))
 
 
-def test_a_lost_process_stops_the_others_within_the_heartbeat_bound(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        address = f"127.0.0.1:{s.getsockname()[1]}"
-    workdir = str(tmp_path / "run")
-    args = ["--config.num_train_steps=60", "--config.checkpoint_every_steps=20", "--config.eval_every_steps=60",
-            "--num_processes=2", "--heartbeat_timeout_seconds=10"]
+PAIR_STEPS = ["--config.num_train_steps=60", "--config.checkpoint_every_steps=20", "--config.eval_every_steps=60",
+              "--num_processes=2", "--heartbeat_timeout_seconds=10"]
 
-    def start_pair(name):
-        """Both processes, their logs in files (a full pipe would block a process inside a collective)."""
-        logs = [open(tmp_path / f"{name}{i}.log", "w+") for i in range(2)]
-        procs = [subprocess.Popen([sys.executable, "main.py", f"--workdir={workdir}", *TINY, *args,
-                                   f"--coordinator_address={address}", f"--process_id={i}"],
-                                  cwd=ROOT, env=ENV, stdout=logs[i], stderr=subprocess.STDOUT)
-                 for i in range(2)]
-        return procs, logs
 
-    def output(log):
-        log.seek(0)
-        return log.read()
+class ProcessPair:
+    """Two processes of one run of main.py on this machine, their logs in files (a full pipe would block a
+    process inside a collective)."""
 
-    procs, logs = start_pair("first")
-    try:
-        assert wait_for(lambda: os.path.isdir(os.path.join(workdir, "checkpoints", "20")), procs[0], poll=0.01)
-        procs[1].send_signal(signal.SIGKILL)
-        killed_at = time.time()
-        procs[0].wait(timeout=120)
-        assert time.time() - killed_at < 60  # bounded by the 10 s heartbeat timeout, not a hang
-        assert procs[0].returncode != 0
-        text = output(logs[0])
-        assert "another process has probably died" in text or "Task 1 heartbeat timeout" in text, text[-3000:]
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
+    def __init__(self, tmp_path):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.address = f"127.0.0.1:{s.getsockname()[1]}"
+        self.tmp_path = tmp_path
+        self.workdir = str(tmp_path / "run")
 
-    procs, logs = start_pair("restart")  # a restart of all processes resumes and finishes
-    for proc in procs:
+    def start(self, name):
+        self.logs = [open(self.tmp_path / f"{name}{i}.log", "w+") for i in range(2)]
+        self.procs = [subprocess.Popen([sys.executable, "main.py", f"--workdir={self.workdir}", *TINY, *PAIR_STEPS,
+                                        f"--coordinator_address={self.address}", f"--process_id={i}"],
+                                       cwd=ROOT, env=ENV, stdout=self.logs[i], stderr=subprocess.STDOUT)
+                      for i in range(2)]
+
+    def output(self, i):
+        self.logs[i].seek(0)
+        return self.logs[i].read()
+
+    def lose_process_1(self, signum):
+        """Starts the pair, sends `signum` to process 1 once step 20's checkpoint is being written and
+        returns process 0's exit code and output; process 1 is gone afterwards."""
+        self.start("first")
+        try:
+            assert wait_for(lambda: os.path.isdir(os.path.join(self.workdir, "checkpoints", "20")), self.procs[0],
+                            poll=0.01)
+            self.procs[1].send_signal(signum)
+            lost_at = time.time()
+            self.procs[0].wait(timeout=120)
+            assert time.time() - lost_at < 60  # bounded by the 10 s heartbeat timeout, not a hang
+            return self.procs[0].returncode, self.output(0)
+        finally:
+            for proc in self.procs:
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait()
+
+
+# What jax.distributed prints before it aborts a process whose peer's heartbeat timed out.
+HEARTBEAT_LOST_1 = "The following tasks are unhealthy (stopped sending heartbeats):\n1\n"
+
+
+def test_a_killed_process_stops_the_others_and_a_restart_resumes(tmp_path):
+    pair = ProcessPair(tmp_path)
+    returncode, text = pair.lose_process_1(signal.SIGKILL)
+    if "a collective failed" in text:  # process 0 was in a collective: it stops at once, with our line
+        assert "another process has probably died" in text and returncode == 76, text[-3000:]
+    else:  # it was waiting elsewhere (a checkpoint barrier): jax.distributed stops it at the heartbeat timeout
+        assert HEARTBEAT_LOST_1 in text and returncode == -signal.SIGABRT, text[-3000:]
+
+    pair.start("restart")  # a restart of all processes resumes and finishes
+    for proc in pair.procs:
         proc.wait(timeout=600)
-    assert [proc.returncode for proc in procs] == [0, 0], output(logs[0])[-3000:]
-    assert "resuming from the checkpoint of step" in output(logs[0])
-    assert "60" in os.listdir(os.path.join(workdir, "checkpoints"))
+    assert [proc.returncode for proc in pair.procs] == [0, 0], pair.output(0)[-3000:]
+    assert "resuming from the checkpoint of step" in pair.output(0)
+    assert "60" in os.listdir(os.path.join(pair.workdir, "checkpoints"))
+
+
+def test_a_hung_process_stops_the_others_within_the_heartbeat_bound(tmp_path):
+    """A stopped process keeps its connections open, so no collective fails: the heartbeat must end it."""
+    returncode, text = ProcessPair(tmp_path).lose_process_1(signal.SIGSTOP)
+    assert HEARTBEAT_LOST_1 in text and returncode == -signal.SIGABRT, text[-3000:]
 
 
 def test_unwritable_workdir_fails_before_training(tmp_path):

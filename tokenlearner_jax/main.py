@@ -10,6 +10,8 @@ traceback); 75 stopped by SIGTERM / SIGINT (rerun the same command to resume); 7
 of a multi-process run died.
 """
 
+import logging as std_logging
+import os
 import sys
 
 from absl import app, flags, logging
@@ -53,8 +55,6 @@ def _user_errors() -> tuple:
 def _use_compilation_cache(path):
     """Points jax's persistent compilation cache at `path` (None: $JAX_COMPILATION_CACHE_DIR if set, else
     our default); '' turns it off."""
-    import os
-
     import jax
 
     if path is None:
@@ -80,11 +80,14 @@ def _run(mode: str):
         if jax.process_count() == 1:
             raise
         print(f"{preemption.MESSAGE_PREFIX}process {jax.process_index()} of {jax.process_count()}: a collective "
-              f"failed ({str(error).splitlines()[0][:300]}); another process has probably died. jax.distributed "
-              f"names it when its heartbeat times out (--heartbeat_timeout_seconds="
-              f"{FLAGS.heartbeat_timeout_seconds}). Restart all processes to resume from the last checkpoint.",
+              f"failed ({str(error).splitlines()[0][:300]}); another process has probably died. Restart all "
+              f"processes to resume from the last checkpoint.",
               file=sys.stderr, flush=True)
-        sys.exit(EXIT_LOST_PROCESS)
+        # Not sys.exit: jax.distributed's shutdown at interpreter exit waits in a barrier that the lost
+        # process never reaches, and aborts the process (SIGABRT) instead of exiting with our code.
+        std_logging.shutdown()
+        sys.stdout.flush()
+        os._exit(EXIT_LOST_PROCESS)
 
 
 def main(argv):

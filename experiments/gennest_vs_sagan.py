@@ -14,7 +14,6 @@ gennest_vs_sagan_samples.png (both generators' samples from the same latents at 
 """
 
 import argparse
-import importlib.util
 import os
 import subprocess
 import sys
@@ -32,14 +31,12 @@ CONFIG = "configs/gan_digits.py"
 RUNS = {"GenNesT": "", "SAGAN-style": "sagan"}  # name -> config argument
 
 from tokenlearner_jax import data, visualize  # noqa: E402
+from tokenlearner_jax.recipes import sweeps  # noqa: E402
 from tokenlearner_jax.train.metrics_log import read_metrics  # noqa: E402
 
 
 def load_config(arg):
-    spec = importlib.util.spec_from_file_location("gan_digits", os.path.join(ROOT, CONFIG))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return sweeps.load_module(os.path.join(ROOT, CONFIG)).get_config(arg)
 
 
 def finished(workdir, steps, key) -> bool:

@@ -17,7 +17,6 @@ gradcat_canvas_digits.png (the output of `python -m tokenlearner_jax.visualize g
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
@@ -40,6 +39,7 @@ CONFIG = "configs/nest_canvas_digits.py"
 from tokenlearner_jax import data, models  # noqa: E402
 from tokenlearner_jax.data import canvas_digits  # noqa: E402
 from tokenlearner_jax.evaluate import gradcat, localization  # noqa: E402
+from tokenlearner_jax.recipes import sweeps  # noqa: E402
 from tokenlearner_jax.weights import init_from  # noqa: E402
 
 
@@ -52,10 +52,7 @@ def read_metrics(workdir):
 
 
 def load_config():
-    spec = importlib.util.spec_from_file_location("nest_canvas_digits", os.path.join(ROOT, CONFIG))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return sweeps.load_module(os.path.join(ROOT, CONFIG)).get_config()
 
 
 def train(config, workdir: str) -> str:

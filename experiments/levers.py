@@ -5,7 +5,8 @@
 A lever compares two sides of our train step and forward pass, run as in experiments/benchmark.py
 (one worker process per side, timed calls alternating A B B A ..., batch 16, 224px, float32): the
 source tree of two commits of this repository (exported with `git archive`), or XLA flags. Each run
-is written to experiments/results/levers/LEVER.json; the table of every lever measured so far, with
+is written to experiments/results/levers/LEVER.json (LEVER.MODELS.json for a run with --models other
+than the lever's own); the table of every lever measured so far, with
 the decision rule below applied, to experiments/results/levers.md.
 
 Decision: a speed lever is kept when the median train step is at least 3% faster by both wall and
@@ -77,6 +78,12 @@ LEVERS = {
         after={"xla_flags": "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE,"
                             "LIBRARY_FUSION_TYPE_REDUCE,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"},
         models=("vit_s16", "nest_t")),
+    "xla_eigen_dots": dict(
+        what="XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type= (no YNNPACK fusions: matrix products through "
+             "XLA CPU's own dot emitter instead of YNNPACK's kernels; in isolation a ViT-B/16 MLP's gradient "
+             "took 431-440 ms instead of 455-536 ms)",
+        before={"xla_flags": ""}, after={"xla_flags": "--xla_cpu_experimental_ynn_fusion_type="},
+        models=("vit_b16", "nest_t")),
     "depthwise_shifted": dict(
         what="depthwise convolutions (MaxViT's MBConv) as 9 shifted, per-channel-scaled copies of the input "
              "(layers/depthwise.py) instead of lax's grouped convolution (a profile showed "
@@ -174,16 +181,19 @@ def measure(lever: str, models, args) -> dict:
            "command": f"python experiments/levers.py --levers={lever} --models={','.join(models)} "
                       f"--rounds={args.rounds} --steps={args.steps}",
            "started": time.strftime("%Y-%m-%d %H:%M:%S"), "uptime_before": benchmark.uptime(), "models": []}
+    # A run on other models than the lever's own gets a file of its own, next to the first run's.
+    path = os.path.join(RESULTS, f"{lever}.json" if tuple(models) == tuple(spec["models"])
+                        else f"{lever}.{'_'.join(models)}.json")
     for model in models:
         print(f"{lever} / {model} ({benchmark.uptime()})", flush=True)
         try:
             run["models"].append(benchmark.measure_model(model, sides, args, timm_python=None))
         except worker_protocol.WorkerError as error:  # a side that crashes is a result too
             run["models"].append({"model": model, "failed": str(error)})
-        with open(os.path.join(RESULTS, f"{lever}.json"), "w", encoding="utf-8") as f:
+        with open(path, "w", encoding="utf-8") as f:
             json.dump(run, f, indent=1)
     run["uptime_after"] = benchmark.uptime()
-    with open(os.path.join(RESULTS, f"{lever}.json"), "w", encoding="utf-8") as f:
+    with open(path, "w", encoding="utf-8") as f:
         json.dump(run, f, indent=1)
     return run
 

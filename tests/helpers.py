@@ -1,6 +1,5 @@
 """Helpers shared by the test files (no test file imports another test file)."""
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -8,6 +7,8 @@ import sys
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from tokenlearner_jax.recipes import sweeps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="3")
@@ -61,11 +62,7 @@ def train(workdir, *flags):
 
 def load_config(name: str, arg=None):
     """`configs/<name>`'s get_config(arg), as main.py would load it (without command-line overrides)."""
-    path = os.path.join(ROOT, "configs", name)
-    spec = importlib.util.spec_from_file_location(f"_config_{name[:-3]}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return sweeps.load_module(os.path.join(ROOT, "configs", name)).get_config(arg)
 
 
 def tiny_config(**overrides):

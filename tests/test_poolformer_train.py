@@ -1,13 +1,10 @@
 """PoolFormer configs through the trainer: the digits config trains (mixup and TokenLearner switched on by
 overrides), the ImageNet recipes resolve to the official values and run a step on synthetic data."""
 
-import importlib.util
-import os
-
 import pytest
 from flax import traverse_util
 
-from helpers import ROOT, parse_config, validate
+from helpers import load_config, parse_config, validate
 from tokenlearner_jax import models, recipes
 from tokenlearner_jax.models import flops
 from tokenlearner_jax.tasks import optimizer
@@ -17,17 +14,10 @@ VARIANTS = {"s12": (0.1, 1e-5, 0.9), "s24": (0.1, 1e-5, 0.9), "s36": (0.2, 1e-6,
             "m48": (0.4, 1e-6, 0.95)}
 
 
-def load_config(name, arg=None):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
-
-
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_imagenet_recipes(variant):
     drop_path, layer_scale, crop = VARIANTS[variant]
-    config = load_config(f"poolformer_{variant}")
+    config = load_config(f"poolformer_{variant}.py")
     validate(config)
     assert config.model.name == "poolformer" and config.model.variant == variant.upper()
     model = models.build(config.model)  # the variant's drop path and layer scale, worked out when built
@@ -39,13 +29,13 @@ def test_imagenet_recipes(variant):
     assert config.optimizer.warmup_steps == round(5 * 1_281_167 / 1024)  # 5 epochs
     assert (config.mixup.mixup_alpha, config.mixup.cutmix_alpha) == (0.8, 1.0)
     assert (config.dataset.randaugment_num_ops, config.dataset.randaugment_magnitude) == (2, 9.0)
-    half = load_config(f"poolformer_{variant}", "512")  # lr and warmup follow the batch size
+    half = load_config(f"poolformer_{variant}.py", "512")  # lr and warmup follow the batch size
     assert half.batch_size == 512 and half.optimizer.learning_rate == pytest.approx(5e-4)
     assert half.optimizer.warmup_steps == round(5 * 1_281_167 / 512)
 
 
 def test_weight_decay_spares_biases_norms_and_layer_scales():
-    config = load_config("poolformer_s12")
+    config = load_config("poolformer_s12.py")
     abstract = flops.abstract_variables(models.build(config.model), (224, 224, 3))["params"]
     mask = traverse_util.flatten_dict(
         optimizer.weight_decay_mask(abstract, config.optimizer.weight_decay_exclude), sep="/")

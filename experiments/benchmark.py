@@ -108,6 +108,10 @@ class JaxSide:
         (wall and this process's CPU seconds), XLA's FLOP counts and memory sizes."""
         import jax
 
+        from tokenlearner_jax.train import allocator
+
+        if hasattr(allocator, "run_cpu_programs_inline"):  # as main.py does; source trees of levers before it lack it
+            allocator.run_cpu_programs_inline()
         config, info = benchmark_config(MODELS[model][1], batch_size, dtype=dtype, image_size=image_size)
         times = {}
         # Importing the trainer is timed on its own, as timm's worker imports torch and timm untimed.

@@ -108,10 +108,6 @@ class JaxSide:
         (wall and this process's CPU seconds), XLA's FLOP counts and memory sizes."""
         import jax
 
-        from tokenlearner_jax.train import allocator
-
-        if hasattr(allocator, "run_cpu_programs_inline"):  # as main.py does; source trees of levers before it lack it
-            allocator.run_cpu_programs_inline()
         config, info = benchmark_config(MODELS[model][1], batch_size, dtype=dtype, image_size=image_size)
         times = {}
         # Importing the trainer is timed on its own, as timm's worker imports torch and timm untimed.
@@ -267,11 +263,17 @@ def timm_spec(model: str, batch_size: int) -> dict:
                 optimizer=opt, clip=optimizer.grad_clip_norm, ema_decay=from_config.ema.decay)
 
 
-def interleaved(workers: list, cmd: str, rounds: int, steps: int) -> dict:
-    """{worker name: {'wall': step times, 'cpu': ...}} from `rounds` rounds of `steps` steps, A B, B A, A B, ..."""
+def interleaved(workers: list, cmd: str, rounds: int, steps: int, warm_steps: int = 0) -> dict:
+    """{worker name: {'wall': step times, 'cpu': ...}} from `rounds` rounds of `steps` steps, A B, B A, A B, ...,
+    each side's timed steps of a round preceded by `warm_steps` untimed ones. Those are there because the
+    first step after the other side ran is not one a training loop takes: on a virtual machine whose host
+    takes back the memory the guest frees, it faults back in memory freed seconds before (up to 15 s of
+    system time for MaxViT-T's step; experiments/results/keep_freed_heap_trainer.md)."""
     times = {w.name: {} for w in workers}
     for r in range(rounds):
         for w in (workers if r % 2 == 0 else workers[::-1]):
+            if warm_steps:
+                w.call(cmd, count=warm_steps)
             for clock, values in w.call(cmd, count=steps).items():
                 times[w.name].setdefault(clock, []).extend(values)
     return times
@@ -295,7 +297,7 @@ def measure_model(model: str, sides: list, args, timm_python: str) -> dict:
             result[side["name"]] = setup
             print(f"  {model} / {side['name']}: {json.dumps(setup)}", flush=True)
         for cmd in ("train", "infer"):
-            for name, times in interleaved(workers, cmd, args.rounds, args.steps).items():
+            for name, times in interleaved(workers, cmd, args.rounds, args.steps, args.warm_steps).items():
                 result[name][f"{cmd}_times"] = times
         for worker in workers:
             result[worker.name]["peak_rss_bytes"] = worker.call("peak_rss")
@@ -328,6 +330,8 @@ def main():
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {list(MODELS)}")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds (A B, B A, ...)")
+    parser.add_argument("--warm_steps", type=int, default=1,
+                        help="untimed steps of each side before its timed ones in every round")
     parser.add_argument("--steps", type=int, default=2, help="timed steps per side and round")
     parser.add_argument("--sides", default="ours,timm",
                         help="'timm' and sides of ours: NAME or NAME:KEY=VALUE;... with keys " + ", ".join(SIDE_OPTIONS))
@@ -355,7 +359,7 @@ def main():
     run = {"command": (f"TOKENLEARNER_ALLOCATOR={choice} " if choice else "") + "python "
                       + " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:]),
            "machine": machine_description(), "sides": sides, "batch_size": args.batch_size,
-           "rounds": args.rounds, "steps": args.steps, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+           "rounds": args.rounds, "steps": args.steps, "warm_steps": args.warm_steps, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
            "uptime_before": uptime()}
     run["matmul_gflops"] = measure_matmul_peak(sides, timm_python, args.log_dir)
     print(f"matmul peak GFLOP/s: {run['matmul_gflops']}", flush=True)

@@ -115,6 +115,11 @@ def allocator(side: dict) -> str:
     return " ".join(f"{name}='{value}'" for name, value in variables.items() if value) or "the system's malloc"
 
 
+def _warm(run: dict) -> str:
+    warm = run.get("warm_steps", 0)  # runs before 2026-12-03 18:30 had none
+    return f" (each side's after {warm} untimed step{'s' if warm > 1 else ''} of its own in that round)" if warm else ""
+
+
 def header(run: dict) -> str:
     first = run["models"][0]
     ours, timm = first["ours"], next((m["timm"] for m in run["models"] if "timm" in m), None)
@@ -125,7 +130,7 @@ def header(run: dict) -> str:
             f"'{ours['xla_flags']}'; ours with {allocator(ours)}"
             + (f", timm with {allocator(timm)}" if timm and allocator(timm) else "") + ". "
             f"Batch {run['batch_size']}, float32, {run['rounds']} interleaved rounds of "
-            f"{run['steps']} timed steps per side (after one warm-up step), medians with (min-max).\n\n"
+            f"{run['steps']} timed steps per side{_warm(run)} (after one warm-up step), medians with (min-max).\n\n"
             f"Float32 2048^3 matmul GFLOP/s (median): {peaks}; the peak below is the larger.\n\n"
             f"Load: `{run['uptime_before']}` before, `{run.get('uptime_after', '?')}` after.\n")
 

@@ -3,7 +3,8 @@
   python experiments/levers.py --levers=gelu_erf,attention_layout [--models=...] [--rounds=4 --steps=1]
 
 A lever compares two sides of our train step and forward pass, run as in experiments/benchmark.py
-(one worker process per side, timed calls alternating A B B A ..., batch 16, 224px, float32): the
+(one worker process per side, timed calls alternating A B B A ..., batch 16, 224px, float32; runs since
+2026-12-03 18:30 take one untimed step per side before each round's timed ones, --warm_steps): the
 source tree of two commits of this repository (exported with `git archive`), or XLA flags. Each run
 is written to experiments/results/levers/LEVER.json (LEVER.MODELS.json for a run with --models other
 than the lever's own); the table of every lever measured so far, with
@@ -154,6 +155,18 @@ LEVERS = {
              "for on CPU (trainer.CPU_STEP_COMPILER_OPTIONS)",
         before={"xla_flags": ""}, after={"xla_flags": "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"},
         models=("vit_s16", "nest_t")),
+    "keep_freed_heap": dict(
+        what="GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2**62 added to huge pages, and jax "
+             "running CPU programs on the calling thread (jax_cpu_enable_async_dispatch off; train/allocator.py), "
+             "so that XLA's per-call temporary buffer is malloc'ed from glibc's main heap, which keeps it after "
+             "free: the next call reuses the block already in memory instead of a fresh mmap faulted in again "
+             "(on this virtual machine, whose host takes back freed memory, also from the host). Runs without "
+             "--warm_steps: the first step of each round came after the other side's and paid for faulting freed "
+             "memory back in from the host. Not made the default whatever the rows say: in main.py's own loop, steps "
+             "back to back, NesT-T gained 1.06x at 1.07x the peak RSS, and the quickstart's peak RSS was 1.16x "
+             "(experiments/results/keep_freed_heap_trainer.md)",
+        before={"rev": "a9b80f7", **HUGE_PAGES}, after={"rev": "5ee6dd7"},
+        models=("vit_s16", "vit_b16", "poolformer_s12", "nest_t", "maxvit_t")),
 }
 
 
@@ -177,9 +190,9 @@ def measure(lever: str, models, args) -> dict:
     spec = LEVERS[lever]
     sides = [side("before", spec["before"]), side("after", spec["after"])]
     run = {"lever": lever, "what": spec["what"], "sides": sides, "batch_size": args.batch_size,
-           "rounds": args.rounds, "steps": args.steps, "machine": benchmark.machine_description(),
+           "rounds": args.rounds, "steps": args.steps, "warm_steps": args.warm_steps, "machine": benchmark.machine_description(),
            "command": f"python experiments/levers.py --levers={lever} --models={','.join(models)} "
-                      f"--rounds={args.rounds} --steps={args.steps}",
+                      f"--rounds={args.rounds} --steps={args.steps} --warm_steps={args.warm_steps}",
            "started": time.strftime("%Y-%m-%d %H:%M:%S"), "uptime_before": benchmark.uptime(), "models": []}
     # A run on other models than the lever's own gets a file of its own, next to the first run's.
     path = os.path.join(RESULTS, f"{lever}.json" if tuple(models) == tuple(spec["models"])
@@ -249,7 +262,8 @@ def table() -> str:
             lines.append(f"| {run['lever']} | {r['model']} | {r['times']} | {r['train_wall']:.2f} ({r['train_cpu']:.2f}) | "
                          f"{r['infer']} | {r['compile']} | {r['init']} | {r['rss_before'] / 1e9:.1f} -> "
                          f"{r['rss_after'] / 1e9:.1f} | {r['load']} | {verdict} |")
-        notes.append(f"- **{run['lever']}**: {run['what']}. `{run['command']}`, started {run['started']}; "
+        what = LEVERS.get(run["lever"], run)["what"]  # the registry's description, which may say more by now
+        notes.append(f"- **{run['lever']}**: {what}. `{run['command']}`, started {run['started']}; "
                      f"`{run['uptime_before']}` before, `{run['uptime_after']}` after.")
     return "\n".join(lines) + "\n\n" + "\n".join(notes)
 
@@ -266,6 +280,8 @@ def main():
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--steps", type=int, default=1)
+    parser.add_argument("--warm_steps", type=int, default=1,
+                        help="untimed steps of each side before its timed ones in every round (benchmark.interleaved)")
     parser.add_argument("--log_dir", default="/tmp/tokenlearner_benchmark_logs")
     args = parser.parse_args()
     args.profile = 0

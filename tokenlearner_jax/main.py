@@ -95,7 +95,6 @@ def main(argv):
     from tokenlearner_jax.train import console, distributed
 
     console.route_logs(FLAGS.workdir, FLAGS.verbose)
-    allocator.run_cpu_programs_inline()  # before any device is used (train/allocator.py says why)
 
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                            heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds)

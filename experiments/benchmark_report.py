@@ -117,7 +117,7 @@ def allocator(side: dict) -> str:
 
 def _warm(run: dict) -> str:
     warm = run.get("warm_steps", 0)  # runs before 2026-12-03 18:30 had none
-    return f" (each side's after {warm} untimed step{'s' if warm > 1 else ''} of its own in that round)" if warm else ""
+    return f"; in every round, a side's timed steps follow {warm} untimed step{'s' if warm > 1 else ''} of its own" if warm else ""
 
 
 def header(run: dict) -> str:
@@ -130,7 +130,7 @@ def header(run: dict) -> str:
             f"'{ours['xla_flags']}'; ours with {allocator(ours)}"
             + (f", timm with {allocator(timm)}" if timm and allocator(timm) else "") + ". "
             f"Batch {run['batch_size']}, float32, {run['rounds']} interleaved rounds of "
-            f"{run['steps']} timed steps per side{_warm(run)} (after one warm-up step), medians with (min-max).\n\n"
+            f"{run['steps']} timed steps per side after one warm-up step{_warm(run)}; medians with (min-max).\n\n"
             f"Float32 2048^3 matmul GFLOP/s (median): {peaks}; the peak below is the larger.\n\n"
             f"Load: `{run['uptime_before']}` before, `{run.get('uptime_after', '?')}` after.\n")
 

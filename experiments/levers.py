@@ -157,7 +157,7 @@ LEVERS = {
         models=("vit_s16", "nest_t")),
     "keep_freed_heap": dict(
         what="GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2**62 added to huge pages, and jax "
-             "running CPU programs on the calling thread (jax_cpu_enable_async_dispatch off; train/allocator.py), "
+             "running CPU programs on the calling thread (jax_cpu_enable_async_dispatch off; train/allocator.py at 5ee6dd7), "
              "so that XLA's per-call temporary buffer is malloc'ed from glibc's main heap, which keeps it after "
              "free: the next call reuses the block already in memory instead of a fresh mmap faulted in again "
              "(on this virtual machine, whose host takes back freed memory, also from the host). Runs without "

@@ -359,7 +359,8 @@ def main():
     run = {"command": (f"TOKENLEARNER_ALLOCATOR={choice} " if choice else "") + "python "
                       + " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:]),
            "machine": machine_description(), "sides": sides, "batch_size": args.batch_size,
-           "rounds": args.rounds, "steps": args.steps, "warm_steps": args.warm_steps, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+           "rounds": args.rounds, "steps": args.steps, "warm_steps": args.warm_steps,
+           "started": time.strftime("%Y-%m-%d %H:%M:%S"),
            "uptime_before": uptime()}
     run["matmul_gflops"] = measure_matmul_peak(sides, timm_python, args.log_dir)
     print(f"matmul peak GFLOP/s: {run['matmul_gflops']}", flush=True)

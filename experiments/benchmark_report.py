@@ -117,7 +117,9 @@ def allocator(side: dict) -> str:
 
 def _warm(run: dict) -> str:
     warm = run.get("warm_steps", 0)  # runs before 2026-12-03 18:30 had none
-    return f"; in every round, a side's timed steps follow {warm} untimed step{'s' if warm > 1 else ''} of its own" if warm else ""
+    if not warm:
+        return ""
+    return f"; in every round, a side's timed steps follow {warm} untimed step{'s' if warm > 1 else ''} of its own"
 
 
 def header(run: dict) -> str:

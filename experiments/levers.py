@@ -157,7 +157,8 @@ LEVERS = {
         models=("vit_s16", "nest_t")),
     "keep_freed_heap": dict(
         what="GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2**62 added to huge pages, and jax "
-             "running CPU programs on the calling thread (jax_cpu_enable_async_dispatch off; train/allocator.py at 5ee6dd7), "
+             "running CPU programs on the calling thread (jax_cpu_enable_async_dispatch off; train/allocator.py "
+             "at 5ee6dd7), "
              "so that XLA's per-call temporary buffer is malloc'ed from glibc's main heap, which keeps it after "
              "free: the next call reuses the block already in memory instead of a fresh mmap faulted in again "
              "(on this virtual machine, whose host takes back freed memory, also from the host). Runs without "
@@ -190,7 +191,8 @@ def measure(lever: str, models, args) -> dict:
     spec = LEVERS[lever]
     sides = [side("before", spec["before"]), side("after", spec["after"])]
     run = {"lever": lever, "what": spec["what"], "sides": sides, "batch_size": args.batch_size,
-           "rounds": args.rounds, "steps": args.steps, "warm_steps": args.warm_steps, "machine": benchmark.machine_description(),
+           "rounds": args.rounds, "steps": args.steps, "warm_steps": args.warm_steps,
+           "machine": benchmark.machine_description(),
            "command": f"python experiments/levers.py --levers={lever} --models={','.join(models)} "
                       f"--rounds={args.rounds} --steps={args.steps} --warm_steps={args.warm_steps}",
            "started": time.strftime("%Y-%m-%d %H:%M:%S"), "uptime_before": benchmark.uptime(), "models": []}

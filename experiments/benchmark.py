@@ -90,14 +90,18 @@ def benchmark_config(key: str, batch_size: int, frames: int = 8, dtype: str = "f
 def trainer_step(config, info):
     """The trainer's own pieces for `config`; the only function here that knows the trainer's API.
 
-    Returns (model, init_state() -> state, jitted train_step(state, global batch) -> (state, metrics)
-    that donates the state, to_global(numpy batch) -> global batch, context() -> the context manager
-    the step runs in, variables(state) -> the model's variables)."""
+    Returns (model, init_state() -> state, compile_train_step(state, global batch) -> the compiled train
+    step (state, global batch) -> (state, metrics, finite) that donates the state, to_global(numpy
+    batch) -> global batch, context() -> the context manager the step runs in, variables(state) -> the
+    model's variables). init_state and compile_train_step give back the memory compiling freed, as in a run;
+    in source trees older than that (levers.py's lever release_compile_memory) the step is compiled as it was."""
     from tokenlearner_jax.train import trainer
 
     setup = trainer.Setup(config, info, total_steps=100_000)
     variables = lambda state: {"params": state.params, **state.model_state}
-    return setup.task.model, setup.init_state, setup.train_step, setup.to_global, setup.context, variables
+    compile_train_step = getattr(setup, "compile_train_step", None) or (
+        lambda state, batch: setup.train_step.lower(state, batch).compile())
+    return setup.task.model, setup.init_state, compile_train_step, setup.to_global, setup.context, variables
 
 
 class JaxSide:
@@ -112,10 +116,10 @@ class JaxSide:
         times = {}
         # Importing the trainer is timed on its own, as timm's worker imports torch and timm untimed.
         watch = worker_protocol.Stopwatch()
-        from tokenlearner_jax.train import trainer
+        from tokenlearner_jax.train import allocator, trainer
         times["import"] = watch.read()
         watch = worker_protocol.Stopwatch()
-        net, init_state, train_step, to_global, self.context, self.variables = trainer_step(config, info)
+        net, init_state, compile_train_step, to_global, self.context, self.variables = trainer_step(config, info)
         with self.context():
             self.state = jax.block_until_ready(init_state())
         times["init"] = watch.read()
@@ -125,14 +129,13 @@ class JaxSide:
         with self.context():
             self.batch = to_global(batch)
             watch = worker_protocol.Stopwatch()
-            lowered = train_step.lower(self.state, self.batch)
-            times["trace"] = watch.read()
-            self.train_step = lowered.compile()
+            self.train_step = compile_train_step(self.state, self.batch)
             times["compile"] = watch.read()
             watch = worker_protocol.Stopwatch()
             forward = jax.jit(lambda v, x: net.apply(v, x, train=False),
                               compiler_options=trainer.step_compiler_options())
             self.forward = forward.lower(self.variables(self.state), self.batch["image"]).compile()
+            getattr(allocator, "release_free_memory", lambda: None)()  # as the trainer does after its eval step
             times["infer_compile"] = watch.read()
         memory = self.train_step.memory_analysis()
         result = {f"{name}_s": wall for name, (wall, _) in times.items()}

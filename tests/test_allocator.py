@@ -146,3 +146,31 @@ def test_huge_pages_spare_most_page_faults_of_xlas_temporary_buffer():
     huge_pages = _faults_per_call(GLIBC_TUNABLES="glibc.malloc.hugetlb=1")
     assert system > 10_000, system
     assert huge_pages < system / 10, (huge_pages, system)
+
+
+def test_release_free_memory_gives_freed_heap_memory_back():
+    """256 MiB freed in 64 KiB blocks stays in the heap (the block after it stops glibc trimming the top);
+    release_free_memory hands it back."""
+    if allocator.glibc_version() is None:
+        pytest.skip("not glibc")
+    code = """
+        import ctypes
+        from tokenlearner_jax.train import allocator
+        libc = ctypes.CDLL(None)
+        libc.malloc.restype = ctypes.c_void_p
+        libc.free.argtypes = [ctypes.c_void_p]
+        def rss_mib():
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * 4096 / 2 ** 20
+        blocks = [libc.malloc(65536) for _ in range(4096)]
+        for block in blocks:
+            ctypes.memset(block, 1, 65536)
+        last = libc.malloc(65536)
+        for block in blocks:
+            libc.free(block)
+        kept = rss_mib()
+        allocator.release_free_memory()
+        print(kept, rss_mib())
+    """
+    kept, released = map(float, _child(code, NO_CHOICE)[-1].split())
+    assert kept - released > 200, (kept, released)

@@ -168,6 +168,24 @@ LEVERS = {
              "(experiments/results/keep_freed_heap_trainer.md)",
         before={"rev": "a9b80f7", **HUGE_PAGES}, after={"rev": "5ee6dd7"},
         models=("vit_s16", "vit_b16", "poolformer_s12", "nest_t", "maxvit_t")),
+    "release_compile_memory": dict(
+        what="the memory XLA's compiler frees given back before the first step (a memory lever): the state's "
+             "initialisation program dropped once it has run, the train step compiled ahead of the first "
+             "step, and glibc's malloc_trim(0) after each compilation (trainer.Setup.init_state and "
+             "compile_train_step, train/allocator.release_free_memory); before, every step's temporary buffer "
+             "was allocated on top of the compiler's freed memory, which glibc kept in its heaps",
+        before={"rev": "2171793"}, after={"rev": "4997260"},
+        models=("vit_ti16", "vit_s16", "vit_b16", "poolformer_s12", "nest_t", "maxvit_t")),
+    "one_arena_keep_freed": dict(
+        what="GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2**62 "
+             "added to huge pages, after release_compile_memory: every thread allocates from glibc's main heap, "
+             "which maps no block on its own and is never trimmed, so XLA's per-call temporary buffer, "
+             "malloc'ed on jax's dispatch thread, is the block the last call freed, already in memory "
+             "(keep_freed_heap without turning off jax's asynchronous dispatch)",
+        before=HUGE_PAGES,
+        after={"glibc_tunables": "glibc.malloc.hugetlb=1:glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
+                                 "glibc.malloc.trim_threshold=4611686018427387904"},
+        models=("vit_b16", "nest_t")),
 }
 
 

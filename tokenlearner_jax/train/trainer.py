@@ -135,7 +135,7 @@ class Setup:
     def compile_train_step(self, state, batch: dict):
         """`train_step` compiled for the shapes and shardings of `state` and `batch`, after which the
         memory the compiler freed is given back, so that it does not sit under every step's temporary
-        buffer: peak RSS 0.4-2.3 GB lower (lever release_compile_memory in experiments/results/levers.md)."""
+        buffer: peak RSS 0.3-2.0 GB lower (lever release_compile_memory in experiments/results/levers.md)."""
         with self.context():
             compiled = self.train_step.lower(state, batch).compile()
         allocator.release_free_memory()

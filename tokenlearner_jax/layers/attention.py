@@ -144,12 +144,52 @@ def cudnn_fits(query, bias) -> bool:
 GELUS = ("erf", "tanh")  # the exact GELU, or its tanh approximation (Flax's nn.gelu default)
 
 
+def _input_only_backward(function, derivative):
+    """`function` (elementwise) whose backward pass keeps only its input from the forward pass and
+    recomputes `derivative` from it. Autodiff would keep the intermediate terms too (GELU: the erf or
+    tanh term, one more `[..., hidden]` buffer per MLP alive until the backward pass). The barrier keeps
+    XLA from merging the recomputed terms with the forward pass's, which would keep those alive again."""
+
+    @jax.custom_vjp
+    def wrapped(x):
+        return function(x)
+
+    def backward(x, grad):
+        return (grad * derivative(jax.lax.optimization_barrier(x)),)
+
+    wrapped.defvjp(lambda x: (function(x), x), backward)
+    return wrapped
+
+
+def _normal_cdf(x):
+    return 0.5 + 0.5 * jax.lax.erf(x * np.asarray(np.sqrt(0.5), x.dtype))
+
+
+def _gelu_erf_derivative(x):
+    """Phi(x) + x phi(x)."""
+    return _normal_cdf(x) + x * jnp.exp(-0.5 * x * x) * np.asarray(1.0 / np.sqrt(2.0 * np.pi), x.dtype)
+
+
+def _tanh_term(x):
+    """tanh(sqrt(2 / pi) (x + 0.044715 x^3)), as jax.nn.gelu(approximate=True) writes it."""
+    return jnp.tanh(np.asarray(np.sqrt(2.0 / np.pi), x.dtype) * (x + np.asarray(0.044715, x.dtype) * x ** 3))
+
+
+def _gelu_tanh_derivative(x):
+    tanh = _tanh_term(x)
+    inner_derivative = np.asarray(np.sqrt(2.0 / np.pi), x.dtype) * (1 + np.asarray(3 * 0.044715, x.dtype) * x * x)
+    return 0.5 * (1 + tanh) + 0.5 * x * (1 - tanh * tanh) * inner_derivative
+
+
+_gelu_erf = _input_only_backward(lambda x: x * _normal_cdf(x), _gelu_erf_derivative)
+_gelu_tanh = _input_only_backward(lambda x: x * (0.5 * (1.0 + _tanh_term(x))), _gelu_tanh_derivative)
+
+
 def gelu(x, approximate: bool = False):
-    """GELU: x/2 (1 + erf(x / sqrt 2)), or its tanh approximation. The exact form is written with erf, as
-    torch writes it: `jax.nn.gelu` uses erfc, whose XLA code on CPU costs about three times as much."""
-    if approximate:
-        return jax.nn.gelu(x, approximate=True)
-    return x * (0.5 + 0.5 * jax.lax.erf(x * np.asarray(np.sqrt(0.5), x.dtype)))
+    """GELU: x/2 (1 + erf(x / sqrt 2)), or its tanh approximation (jax.nn.gelu(approximate=True)); the
+    backward pass keeps only x (`_input_only_backward`). The exact form is written with erf, as torch
+    writes it: `jax.nn.gelu` uses erfc, whose XLA code on CPU costs about three times as much."""
+    return _gelu_tanh(x) if approximate else _gelu_erf(x)
 
 
 class MlpBlock(nn.Module):

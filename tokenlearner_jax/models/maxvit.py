@@ -39,7 +39,7 @@ import jax.numpy as jnp
 from tokenlearner_jax.layers import blocking
 from tokenlearner_jax.layers import token_learner as token_learner_lib
 from tokenlearner_jax.layers.token_learner import StageTokenLearner, TokenLearnerSpec
-from tokenlearner_jax.layers.attention import DropPath, MlpBlock, MultiHeadAttention, gelu, layer_norm
+from tokenlearner_jax.layers.attention import DropPath, MlpBlock, MultiHeadAttention, layer_norm
 from tokenlearner_jax.layers.conv import Conv
 from tokenlearner_jax.layers.depthwise import DepthwiseConv
 from tokenlearner_jax.layers.partitioning import constrain_batch, param_with_axes
@@ -103,7 +103,7 @@ class Stem(nn.Module):
     def __call__(self, x, *, train: bool):
         x = conv3x3(self.widths[0], 2, "conv_1", self.dtype)(x)
         x = batch_norm("norm_1", train, "embed", self.bn_momentum, self.bn_epsilon, self.dtype)(x)
-        return conv3x3(self.widths[1], 1, "conv_2", self.dtype)(gelu(x, approximate=True))
+        return conv3x3(self.widths[1], 1, "conv_2", self.dtype)(nn.gelu(x, approximate=True))
 
 
 class MBConv(nn.Module):
@@ -143,9 +143,9 @@ class MBConv(nn.Module):
 
         y = norm("pre_norm", "embed")(x)
         y = dense(hidden, ("embed", "mlp"), "expand", self.dtype, use_bias=False)(y)
-        y = gelu(norm("expand_norm", "mlp")(y), approximate=True)
+        y = nn.gelu(norm("expand_norm", "mlp")(y), approximate=True)
         y = conv3x3(hidden, self.stride, "depthwise", self.dtype, use_bias=False, depthwise=True)(y)
-        y = gelu(norm("depthwise_norm", "mlp")(y), approximate=True)
+        y = nn.gelu(norm("depthwise_norm", "mlp")(y), approximate=True)
         squeezed = jnp.mean(y, axis=(1, 2), keepdims=True)
         squeezed = nn.silu(dense(int(self.se_ratio * self.width), ("mlp", None), "se_reduce", self.dtype)(squeezed))
         y = y * nn.sigmoid(dense(hidden, (None, "mlp"), "se_expand", self.dtype)(squeezed))

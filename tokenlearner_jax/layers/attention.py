@@ -1,6 +1,5 @@
 """Multi-head self-attention, the transformer MLP and stochastic depth, shared by every backbone."""
 
-import functools
 from typing import Any, Callable, Optional, Tuple
 
 import flax.linen as nn
@@ -243,57 +242,9 @@ class DropPath(nn.Module):
         return jnp.where(mask, x / keep, jnp.zeros_like(x))
 
 
-def _normalized(x, epsilon: float):
-    """(x - mean) / sqrt(var + epsilon) over the last axis, in float32; also the mean and 1 / sqrt(var + epsilon)."""
-    x = x.astype(jnp.float32)
-    mean = jnp.mean(x, axis=-1, keepdims=True)
-    centred = x - mean
-    inverse_std = jax.lax.rsqrt(jnp.mean(centred * centred, axis=-1, keepdims=True) + epsilon)
-    return centred * inverse_std, mean, inverse_std
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _layer_norm(x, scale, bias, epsilon: float):
-    return _normalized(x, epsilon)[0] * scale + bias
-
-
-def _layer_norm_forward(x, scale, bias, epsilon):
-    normalized, mean, inverse_std = _normalized(x, epsilon)
-    return normalized * scale + bias, (x, mean, inverse_std, scale)
-
-
-def _layer_norm_backward(epsilon, residuals, grad):
-    """The gradients from the input and its per-position statistics alone (autodiff would keep centred and
-    scaled `[..., width]` copies until the backward pass); the barrier, as in `_input_only_backward`."""
-    x, mean, inverse_std, scale = jax.lax.optimization_barrier(residuals)
-    normalized = (x.astype(jnp.float32) - mean) * inverse_std
-    grad = grad.astype(jnp.float32)
-    scaled = grad * scale
-    dx = inverse_std * (scaled - jnp.mean(scaled, axis=-1, keepdims=True)
-                        - normalized * jnp.mean(scaled * normalized, axis=-1, keepdims=True))
-    positions = tuple(range(x.ndim - 1))
-    return dx.astype(x.dtype), jnp.sum(grad * normalized, positions), jnp.sum(grad, positions)
-
-
-_layer_norm.defvjp(_layer_norm_forward, _layer_norm_backward)
-
-
-class LayerNorm(nn.Module):
-    """LayerNorm over the last (embed) axis, with nn.LayerNorm's parameters ('scale', 'bias', logically
-    named) and statistics in float32 whatever `dtype`. Its backward pass keeps only the input and the
-    per-position mean and inverse standard deviation."""
-
-    epsilon: float = 1e-6
-    dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        """x: `[..., width]` -> `[..., width]` in `dtype`."""
-        scale = self.param("scale", param_with_axes(nn.initializers.ones, ("embed",)), (x.shape[-1],))
-        bias = self.param("bias", param_with_axes(nn.initializers.zeros, ("embed",)), (x.shape[-1],))
-        return _layer_norm(x, scale, bias, self.epsilon).astype(self.dtype)
-
-
 def layer_norm(name: Optional[str] = None, *, epsilon: float = 1e-6, dtype: Dtype = jnp.float32):
     """LayerNorm over the last (embed) axis with logically named scale and bias."""
-    return LayerNorm(epsilon=epsilon, dtype=dtype, name=name)
+    return nn.LayerNorm(
+        epsilon=epsilon, dtype=dtype, name=name,
+        scale_init=param_with_axes(nn.initializers.ones, ("embed",)),
+        bias_init=param_with_axes(nn.initializers.zeros, ("embed",)))

@@ -186,6 +186,25 @@ LEVERS = {
         after={"glibc_tunables": "glibc.malloc.hugetlb=1:glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
                                  "glibc.malloc.trim_threshold=4611686018427387904"},
         models=("vit_b16", "nest_t")),
+    "gelu_input_only_backward": dict(
+        what="GELU (erf and tanh forms) with a custom VJP that keeps only its input for the backward pass and "
+             "recomputes the derivative there, behind an optimization barrier (layers/attention.gelu); autodiff "
+             "kept the erf / tanh term of every MLP (and of MaxViT's MBConv) alive until the backward pass "
+             "(a memory lever). The rule's verdict below is for the lever as measured; kept for the MLPs of every "
+             "backbone (peak RSS 6-9% lower on the ViTs and NesT-T, 0.97-1.15x the speed), while MaxViT-T's MBConv, "
+             "0.93x here, went back to autodiff (maxvit_mbconv_autodiff_gelu)",
+        before={"rev": "5340cdb"}, after={"rev": "cbffa7b"},
+        models=("vit_ti16", "vit_s16", "vit_b16", "poolformer_s12", "nest_t", "maxvit_t")),
+    "layer_norm_input_only_backward": dict(
+        what="LayerNorm with a custom VJP that keeps only its input and the per-position mean and inverse "
+             "standard deviation for the backward pass (layers/attention.LayerNorm, nn.LayerNorm's parameters), "
+             "after gelu_input_only_backward; and MaxViT's MBConv back on jax.nn.gelu's autodiff. Dropped: XLA's "
+             "temporary buffer stayed the same for the ViTs; the LayerNorm went back to nn.LayerNorm (commit f11f2d4)",
+        before={"rev": "cbffa7b"}, after={"rev": "3eebf31"}, models=("vit_s16", "vit_b16", "nest_t", "maxvit_t")),
+    "maxvit_mbconv_autodiff_gelu": dict(
+        what="MaxViT's MBConv on jax.nn.gelu (autodiff) again instead of gelu_input_only_backward's custom VJP "
+             "(its MLP keeps the custom VJP); the tree after layer_norm_input_only_backward was reverted",
+        before={"rev": "cbffa7b"}, after={"rev": "f11f2d4"}, models=("maxvit_t",)),
 }
 
 

@@ -9,6 +9,7 @@ setuptools.setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=setuptools.find_packages(include=["tokenlearner_jax", "tokenlearner_jax.*"]),
+    package_data={"tokenlearner_jax.train": ["block_cache.c"]},
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.7,<0.11",

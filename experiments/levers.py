@@ -37,8 +37,9 @@ BASE = "56c1ae1"  # main before this work
 
 # name -> what it changes, and the two sides: {'rev': commit} (a source tree), {'xla_flags': ...}, or the
 # malloc: {'glibc_tunables', 'ld_preload', 'malloc_conf'} (a side naming none runs under the allocator
-# main.py would pick, train/allocator.py)
+# main.py would pick, train/allocator.py; ld_preload BLOCK_CACHE is train/block_cache.c, compiled)
 HUGE_PAGES = {"glibc_tunables": "glibc.malloc.hugetlb=1"}
+BLOCK_CACHE = "<block cache>"
 
 
 def _jemalloc(conf: str) -> dict:
@@ -205,6 +206,12 @@ LEVERS = {
         what="MaxViT's MBConv on jax.nn.gelu (autodiff) again instead of gelu_input_only_backward's custom VJP "
              "(its MLP keeps the custom VJP); the tree after layer_norm_input_only_backward was reverted",
         before={"rev": "cbffa7b"}, after={"rev": "f11f2d4"}, models=("maxvit_t",)),
+    "block_cache": dict(
+        what="LD_PRELOAD of train/block_cache.c (TOKENLEARNER_ALLOCATOR=auto since this lever): blocks of 32 MiB "
+             "or more are mapped by it and the last one freed is kept for the next request it fits, so XLA's "
+             "temporary buffer is the same memory at every call instead of a fresh mapping faulted in and "
+             "zeroed again; glibc with huge pages on both sides for everything else",
+        before=HUGE_PAGES, after={**HUGE_PAGES, "ld_preload": BLOCK_CACHE}, models=("vit_b16", "nest_t", "maxvit_t")),
 }
 
 
@@ -221,6 +228,12 @@ def export_tree(rev: str) -> str:
 def side(name: str, spec: dict) -> dict:
     pythonpath = export_tree(spec["rev"]) if "rev" in spec else benchmark.ROOT
     options = {key: spec[key] for key in benchmark.ALLOCATOR_OPTIONS if key in spec}
+    if options.get("ld_preload") == BLOCK_CACHE:
+        from tokenlearner_jax.train import allocator
+
+        options["ld_preload"] = allocator.block_cache_library()
+        if not options["ld_preload"]:
+            raise SystemExit("lever block_cache: the block cache could not be compiled (it needs glibc and cc)")
     return {"name": name, "kind": "jax", "pythonpath": pythonpath, "xla_flags": spec.get("xla_flags", ""), **options}
 
 

@@ -43,15 +43,24 @@ def test_huge_pages_asked_for_only_where_they_change_something(tmp_path):
     assert allocator.huge_page_tunables({}, madvise, (2, 34)) is None
 
 
-def test_huge_pages_by_default_jemalloc_when_asked_for(tmp_path):
+def test_block_cache_by_default_else_huge_pages_jemalloc_when_asked_for(tmp_path):
     madvise = _mode_file(tmp_path, "madvise", "always [madvise] never")
+    library = "/cache/libtokenlearner_block_cache-0123.so"
 
-    def pick(environ, installed=True):
-        return allocator.environment(environ, lambda: "libjemalloc.so.2" if installed else None, madvise, GLIBC)
+    def pick(environ, installed=True, compiled=True):
+        return allocator.environment(environ, lambda: "libjemalloc.so.2" if installed else None, madvise, GLIBC,
+                                     lambda: library if compiled else None)
 
     jemalloc = {"LD_PRELOAD": "libjemalloc.so.2", "MALLOC_CONF": allocator.JEMALLOC_CONF}
     huge_pages = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
-    assert pick({}) == pick({"TOKENLEARNER_ALLOCATOR": "auto"}) == huge_pages
+    block_cache = {"LD_PRELOAD": library, **huge_pages}
+    assert pick({}) == pick({"TOKENLEARNER_ALLOCATOR": "auto"}) == block_cache
+    assert pick({"TOKENLEARNER_ALLOCATOR": "block_cache"}) == block_cache
+    assert pick({}, compiled=False) == pick({"TOKENLEARNER_ALLOCATOR": "huge_pages"}) == huge_pages
+    assert pick({"LD_PRELOAD": "libfoo.so"}) == {"LD_PRELOAD": f"libfoo.so {library}", **huge_pages}
+    assert pick({"LD_PRELOAD": library}) == {}  # the re-executed process
+    with pytest.raises(ValueError, match="TOKENLEARNER_ALLOCATOR=block_cache: it needs glibc and a C compiler"):
+        pick({"TOKENLEARNER_ALLOCATOR": "block_cache"}, compiled=False)
     assert pick({"TOKENLEARNER_ALLOCATOR": "jemalloc"}) == jemalloc
     assert pick({"TOKENLEARNER_ALLOCATOR": "system"}) == {}
     # the user's own preloads and jemalloc options are kept
@@ -62,7 +71,8 @@ def test_huge_pages_by_default_jemalloc_when_asked_for(tmp_path):
     assert pick({"LD_PRELOAD": "/opt/lib/libjemalloc.so"}) == {}
     with pytest.raises(ValueError, match="TOKENLEARNER_ALLOCATOR=jemalloc: .*libjemalloc"):
         pick({"TOKENLEARNER_ALLOCATOR": "jemalloc"}, installed=False)
-    with pytest.raises(ValueError, match="TOKENLEARNER_ALLOCATOR='tcmalloc': expected one of auto, jemalloc"):
+    with pytest.raises(ValueError, match="TOKENLEARNER_ALLOCATOR='tcmalloc': expected one of auto, block_cache, "
+                                         "huge_pages, jemalloc"):
         pick({"TOKENLEARNER_ALLOCATOR": "tcmalloc"})
 
 
@@ -74,7 +84,7 @@ def _child(code, env, *args):
     return result.stdout.splitlines()
 
 
-@pytest.mark.parametrize("choice", ["auto", "jemalloc"])
+@pytest.mark.parametrize("choice", ["auto", "huge_pages", "jemalloc"])
 def test_reexecution_keeps_the_process_and_its_arguments(choice):
     if choice == "jemalloc" and allocator.find_jemalloc() is None:
         pytest.skip("jemalloc is not installed here (apt install libjemalloc2)")
@@ -108,12 +118,13 @@ def test_main_names_a_bad_allocator_choice_in_one_line(tmp_path):
                             env={**os.environ, "PYTHONPATH": ROOT, "TOKENLEARNER_ALLOCATOR": "tcmalloc"})
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        "tokenlearner_jax: error: TOKENLEARNER_ALLOCATOR='tcmalloc': expected one of auto, jemalloc, system"]
+        "tokenlearner_jax: error: TOKENLEARNER_ALLOCATOR='tcmalloc': expected one of auto, block_cache, huge_pages, "
+        "jemalloc, system"]
     assert not workdir.exists()
 
 
 _FAULTS_PER_CALL = """
-    import resource
+    import json, resource
     import jax, jax.numpy as jnp
     x = jnp.ones((8192, 2048)); w = jnp.ones((2048, 64))
     step = jax.jit(lambda x, w: jnp.sum(jnp.sin(x) @ w))  # sin(x), 64 MiB, is a temporary buffer
@@ -122,19 +133,110 @@ _FAULTS_PER_CALL = """
     for _ in range(5):
         step(x, w).block_until_ready()
     print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)
+    from tokenlearner_jax.train import allocator
+    print(json.dumps(allocator.block_cache_stats()))
 """
 
 
 def _faults_per_call(**env):
-    return float(_child(_FAULTS_PER_CALL, {**NO_CHOICE, **env})[-1])
+    """(page faults per call of a program with a 64 MiB temporary buffer, block cache stats or None)."""
+    lines = _child(_FAULTS_PER_CALL, {**NO_CHOICE, **env})
+    return float(lines[-2]), json.loads(lines[-1])
+
+
+def _block_cache():
+    library = allocator.block_cache_library()
+    if library is None:
+        pytest.skip("the block cache needs glibc and a C compiler (cc)")
+    return library
+
+
+def test_block_cache_is_compiled_once_per_source_and_compiler(tmp_path):
+    _block_cache()
+    first = allocator.block_cache_library(str(tmp_path))
+    assert first and os.path.dirname(first) == str(tmp_path), first
+    made = os.stat(first).st_mtime_ns
+    assert allocator.block_cache_library(str(tmp_path)) == first and os.stat(first).st_mtime_ns == made
+    assert os.listdir(tmp_path) == [os.path.basename(first)]  # no half-written file left behind
+    # another compiler command is another library; a compiler that fails or is missing gives None
+    assert allocator.block_cache_library(str(tmp_path), "cc -g") not in (None, first)
+    assert allocator.block_cache_library(str(tmp_path), "cc -no-such-flag") is None
+    assert allocator.block_cache_library(str(tmp_path), "no-such-compiler") is None
+
+
+def test_block_cache_reuses_xlas_temporary_buffer_without_page_faults():
+    library = _block_cache()
+    system, no_stats = _faults_per_call()
+    cached, stats = _faults_per_call(LD_PRELOAD=library)
+    assert no_stats is None
+    assert system > 10_000, system  # 64 MiB in 4 KiB pages, faulted in again at every call
+    assert stats["hits"] >= 5, stats  # the same buffer again at every timed call, already in memory
+    assert cached < system / 10, (cached, system)
+
+
+_BLOCKS = """
+    import ctypes, json
+    from tokenlearner_jax.train import allocator
+    libc = ctypes.CDLL(None)
+    for name in ("malloc", "calloc", "realloc"):
+        getattr(libc, name).restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.calloc.argtypes = [ctypes.c_size_t, ctypes.c_size_t]
+    libc.realloc.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    MiB = 2 ** 20
+    def rss():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096 / MiB
+    out = {}
+    a = libc.malloc(256 * MiB); ctypes.memset(a, 7, 256 * MiB); libc.free(a)
+    out["kept"] = rss()
+    b = libc.malloc(200 * MiB)  # fits the kept 256 MiB block: the same block, not zeroed
+    out["same_block"] = b == a and ctypes.string_at(b + 100 * MiB, 4) == bytes([7] * 4)
+    libc.free(b)
+    c = libc.calloc(50, 4 * MiB)  # 200 MiB zeroed, from the kept block
+    out["calloc_zeroed"] = c == a and ctypes.string_at(c, 4096) == bytes(4096) and ctypes.string_at(
+        c + 200 * MiB - 4096, 4096) == bytes(4096)
+    c = libc.realloc(c, 240 * MiB)  # still fits: in place
+    out["realloc_in_place"] = c == a
+    libc.free(c)
+    d = libc.malloc(64 * MiB)  # needs less than half of it: the kept block is unmapped first
+    out["after_small"] = rss()
+    ctypes.memset(d, 1, 64 * MiB); libc.free(d)
+    allocator.release_free_memory()
+    out["released"] = rss()
+    e = libc.malloc(100 * MiB)
+    f = libc.malloc(100 * MiB)  # waits for e to be freed, in vain: 100 MiB is not waited for again
+    libc.free(e); libc.free(f)
+    g = libc.malloc(100 * MiB)  # e, kept
+    h = libc.malloc(100 * MiB)  # a fresh one, at once
+    ctypes.memset(h, 1, 100 * MiB)
+    libc.free(g)
+    out["h_in_use"] = rss()
+    allocator.release_free_memory()  # unmaps g, and h when it is freed (as a step still running)
+    libc.free(h)
+    out["h_freed"] = rss()
+    out["stats"] = allocator.block_cache_stats()
+    print(json.dumps(out))
+"""
+
+
+def test_block_cache_keeps_one_block_and_gives_it_back():
+    library = _block_cache()
+    out = json.loads(_child(_BLOCKS, {**NO_CHOICE, "LD_PRELOAD": library})[-1])
+    assert out["same_block"] and out["calloc_zeroed"] and out["realloc_in_place"], out
+    assert out["kept"] - out["after_small"] > 200, out  # at most one block kept, never two
+    assert out["kept"] - out["released"] > 200, out
+    assert out["h_in_use"] - out["h_freed"] > 90, out
+    assert out["stats"] == {"hits": 3, "misses": 5, "waits": 1, "timeouts": 1}, out
 
 
 def test_jemalloc_reuses_xlas_temporary_buffer_without_page_faults():
     library = allocator.find_jemalloc()
     if library is None:
         pytest.skip("jemalloc is not installed here (apt install libjemalloc2)")
-    system = _faults_per_call()
-    jemalloc = _faults_per_call(LD_PRELOAD=library, MALLOC_CONF=allocator.JEMALLOC_CONF)
+    system, _ = _faults_per_call()
+    jemalloc, _ = _faults_per_call(LD_PRELOAD=library, MALLOC_CONF=allocator.JEMALLOC_CONF)
     assert system > 10_000, system  # 64 MiB in 4 KiB pages, faulted in again at every call
     assert jemalloc < 100, (jemalloc, system)  # the same buffer again, already in memory
 
@@ -142,8 +244,8 @@ def test_jemalloc_reuses_xlas_temporary_buffer_without_page_faults():
 def test_huge_pages_spare_most_page_faults_of_xlas_temporary_buffer():
     if allocator.huge_page_tunables({}) is None:
         pytest.skip("transparent huge pages are not 'madvise' here, or glibc is older than 2.35")
-    system = _faults_per_call()
-    huge_pages = _faults_per_call(GLIBC_TUNABLES="glibc.malloc.hugetlb=1")
+    system = _faults_per_call()[0]
+    huge_pages = _faults_per_call(GLIBC_TUNABLES="glibc.malloc.hugetlb=1")[0]
     assert system > 10_000, system
     assert huge_pages < system / 10, (huge_pages, system)
 

@@ -331,6 +331,8 @@ def _train(config, workdir: str, guard, verbose: bool):
                 if save or stop:
                     _check_finite(unchecked, skip)
                     unchecked = []
+                    # The step's temporary buffer is not kept for the next one while the state is copied out.
+                    allocator.release_free_memory()
                     checkpointer.save(step, state, train_iter.get_state(), force=True,
                                       extra={"train_window": window.to_json()})
                     _say(f"checkpoint of step {step} -> {checkpointer.directory}/{step}")

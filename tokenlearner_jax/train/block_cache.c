@@ -1,0 +1,274 @@
+/* A malloc front end, loaded with LD_PRELOAD, that keeps the last large block freed and hands it out
+ * again: XLA's CPU runtime mallocs a program's temporary buffer (2.7 GB for ViT-B/16's train step at
+ * batch 16) at every call and frees it after, and glibc maps a block that large afresh each time, so
+ * every step faulted it in again and the kernel zeroed it again (train/allocator.py says more).
+ *
+ * Blocks of BLOCK_CACHE_MIN_BYTES or more (the size from which glibc always maps a block on its own and
+ * unmaps it when freed) are mapped here, asking for transparent huge pages. When one is freed it is kept,
+ * one block at most; the next large request that it can hold and that needs at least half of it gets it
+ * back, already in memory. A request it does not fit unmaps it first, so what stays in memory is never
+ * more than the largest block in use before. Everything smaller goes to glibc's own functions.
+ *
+ * XLA frees the buffer on one of its threads just after the call's outputs are ready, so the next call
+ * can ask for its buffer a few milliseconds before the last one is freed; a request that finds a block of
+ * its size still in use therefore waits up to WAIT_MS for it, and a block freed while another that would
+ * serve the same requests is in use is unmapped rather than kept. Where the wait comes to nothing, the
+ * program holds blocks of that size together (an argument and a temporary buffer of the same size); from
+ * then on only a request that finds more of them in use than that waits, and only a free that leaves
+ * more of them in use than that unmaps.
+ *
+ * tokenlearner_block_cache_release() unmaps the kept block, and the next one freed before any large
+ * request (the buffer of a call still running: allocator.release_free_memory calls it before a checkpoint);
+ * tokenlearner_block_cache_stats() counts what happened to the large requests.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <malloc.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+extern void *__libc_malloc(size_t);
+extern void __libc_free(void *);
+extern void *__libc_calloc(size_t, size_t);
+extern void *__libc_realloc(void *, size_t);
+extern void *__libc_memalign(size_t, size_t);
+
+#define BLOCK_CACHE_MIN_BYTES ((size_t)32 << 20)
+#define HUGE_PAGE ((size_t)2 << 20)
+#define MAX_ALIGNMENT ((size_t)4096) /* what a fresh mapping is aligned to */
+#define LIVE_SLOTS 64
+#define WAIT_MS 200
+#define USUAL_SLOTS 16
+
+/* Blocks mapped here and in use; a slot holds NULL when free. Read without the lock by free(), which
+ * only ever looks for a block its caller owns. */
+static _Atomic(void *) live_start[LIVE_SLOTS];
+static size_t live_size[LIVE_SLOTS];
+static void *kept_start;
+static size_t kept_size;
+/* Sizes (rounded) whose wait timed out, the latest USUAL_SLOTS of them, and how many blocks that serve
+ * them were in use then besides the one asked for. */
+static size_t usual_size[USUAL_SLOTS];
+static int usual_in_use[USUAL_SLOTS];
+static int usual_next;
+/* Set by tokenlearner_block_cache_release until the next large request: a block freed meanwhile is unmapped. */
+static int releasing;
+/* What tokenlearner_block_cache_stats reports: requests served by the kept block, by a fresh mapping,
+ * waits for a block in use to be freed, and those that came to nothing. */
+static long hits, misses, waits, timeouts;
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t freed = PTHREAD_COND_INITIALIZER;
+
+static size_t round_to_huge_page(size_t n) { return (n + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1); }
+
+static int fits(size_t block, size_t wanted) { return block >= wanted && wanted >= block / 2; }
+
+static int live_slot(const void *p) {
+  for (int i = 0; i < LIVE_SLOTS; i++)
+    if (atomic_load_explicit(&live_start[i], memory_order_acquire) == p) return i;
+  return -1;
+}
+
+static int in_use_that_fit(size_t wanted) {
+  int count = 0;
+  for (int i = 0; i < LIVE_SLOTS; i++)
+    if (atomic_load_explicit(&live_start[i], memory_order_relaxed) && fits(live_size[i], wanted)) count++;
+  return count;
+}
+
+/* How many blocks that serve `wanted` the program holds in use together, besides one more. */
+static int usually_in_use(size_t wanted) {
+  for (int i = 0; i < USUAL_SLOTS; i++)
+    if (usual_size[i] == wanted) return usual_in_use[i];
+  return 0;
+}
+
+static void wait_for_a_free(size_t wanted, int in_use) {
+  struct timespec until;
+  clock_gettime(CLOCK_REALTIME, &until);
+  until.tv_nsec += (long)WAIT_MS * 1000000L;
+  until.tv_sec += until.tv_nsec / 1000000000L;
+  until.tv_nsec %= 1000000000L;
+  waits++;
+  while (!(kept_start && fits(kept_size, wanted))) {
+    if (pthread_cond_timedwait(&freed, &lock, &until) == ETIMEDOUT) {
+      if (!(kept_start && fits(kept_size, wanted))) {
+        timeouts++;
+        int slot = -1;
+        for (int i = 0; i < USUAL_SLOTS && slot < 0; i++)
+          if (usual_size[i] == wanted) slot = i;
+        if (slot < 0) {
+          slot = usual_next;
+          usual_next = (usual_next + 1) % USUAL_SLOTS;
+        }
+        usual_size[slot] = wanted;
+        usual_in_use[slot] = in_use;
+      }
+      return;
+    }
+  }
+}
+
+/* A block of at least n bytes, NULL where none could be mapped; *reused says whether it was kept here
+ * (and so holds old contents) rather than freshly mapped (zero-filled). */
+static void *large_alloc(size_t n, int *reused) {
+  size_t wanted = round_to_huge_page(n);
+  void *block;
+  size_t size;
+  *reused = 0;
+  pthread_mutex_lock(&lock);
+  releasing = 0;
+  int slot = live_slot(NULL);
+  if (slot < 0) {
+    pthread_mutex_unlock(&lock);
+    return NULL;
+  }
+  if (!(kept_start && fits(kept_size, wanted))) {
+    int in_use = in_use_that_fit(wanted);
+    if (in_use > usually_in_use(wanted)) wait_for_a_free(wanted, in_use);
+  }
+  if (kept_start && fits(kept_size, wanted)) {
+    block = kept_start;
+    size = kept_size;
+    kept_start = NULL;
+    *reused = 1;
+    hits++;
+  } else {
+    if (kept_start) {
+      munmap(kept_start, kept_size);
+      kept_start = NULL;
+    }
+    block = mmap(NULL, wanted, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (block == MAP_FAILED) {
+      pthread_mutex_unlock(&lock);
+      return NULL;
+    }
+    madvise(block, wanted, MADV_HUGEPAGE);
+    size = wanted;
+    misses++;
+  }
+  live_size[slot] = size;
+  atomic_store_explicit(&live_start[slot], block, memory_order_release);
+  pthread_mutex_unlock(&lock);
+  return block;
+}
+
+/* Frees p and returns 1 where it is a block mapped here; returns 0 otherwise. */
+static int large_free(void *p) {
+  int slot = live_slot(p);
+  if (slot < 0) return 0;
+  pthread_mutex_lock(&lock);
+  size_t size = live_size[slot];
+  atomic_store_explicit(&live_start[slot], NULL, memory_order_release);
+  if (releasing || (kept_start && kept_size >= size)) {
+    munmap(p, size);
+  } else if (in_use_that_fit(size) > usually_in_use(size)) {
+    /* One like it is in use already, mapped by a request that did not wait long enough for this one:
+     * keeping this one too would hold both in memory from now on. */
+    munmap(p, size);
+  } else {
+    if (kept_start) munmap(kept_start, kept_size);
+    kept_start = p;
+    kept_size = size;
+    pthread_cond_broadcast(&freed);
+  }
+  pthread_mutex_unlock(&lock);
+  return 1;
+}
+
+void tokenlearner_block_cache_release(void) {
+  pthread_mutex_lock(&lock);
+  if (kept_start) munmap(kept_start, kept_size);
+  kept_start = NULL;
+  releasing = 1;
+  pthread_mutex_unlock(&lock);
+}
+
+/* out[0..3]: hits, misses, waits, timeouts so far. */
+void tokenlearner_block_cache_stats(long out[4]) {
+  pthread_mutex_lock(&lock);
+  out[0] = hits;
+  out[1] = misses;
+  out[2] = waits;
+  out[3] = timeouts;
+  pthread_mutex_unlock(&lock);
+}
+
+void *malloc(size_t n) {
+  int reused;
+  void *p = n >= BLOCK_CACHE_MIN_BYTES ? large_alloc(n, &reused) : NULL;
+  return p ? p : __libc_malloc(n);
+}
+
+void free(void *p) {
+  if (p && large_free(p)) return;
+  __libc_free(p);
+}
+
+void *calloc(size_t count, size_t each) {
+  size_t n;
+  if (__builtin_mul_overflow(count, each, &n)) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  int reused;
+  void *p = n >= BLOCK_CACHE_MIN_BYTES ? large_alloc(n, &reused) : NULL;
+  if (!p) return __libc_calloc(count, each);
+  if (reused) memset(p, 0, n);
+  return p;
+}
+
+void *memalign(size_t alignment, size_t n) {
+  int reused;
+  void *p = n >= BLOCK_CACHE_MIN_BYTES && alignment <= MAX_ALIGNMENT ? large_alloc(n, &reused) : NULL;
+  return p ? p : __libc_memalign(alignment, n);
+}
+
+int posix_memalign(void **out, size_t alignment, size_t n) {
+  if (alignment % sizeof(void *) || (alignment & (alignment - 1))) return EINVAL;
+  void *p = memalign(alignment, n);
+  if (!p && n) return ENOMEM;
+  *out = p;
+  return 0;
+}
+
+void *aligned_alloc(size_t alignment, size_t n) { return memalign(alignment, n); }
+
+void *valloc(size_t n) { return memalign((size_t)sysconf(_SC_PAGESIZE), n); }
+
+size_t malloc_usable_size(void *p) {
+  static size_t (*glibc_usable_size)(void *);
+  int slot = p ? live_slot(p) : -1;
+  if (slot >= 0) return live_size[slot];
+  if (!glibc_usable_size) glibc_usable_size = (size_t (*)(void *))dlsym(RTLD_NEXT, "malloc_usable_size");
+  return glibc_usable_size(p);
+}
+
+void *realloc(void *p, size_t n) {
+  int slot = p ? live_slot(p) : -1;
+  if (slot < 0 && n < BLOCK_CACHE_MIN_BYTES) return __libc_realloc(p, n);
+  size_t old = p ? malloc_usable_size(p) : 0;
+  if (slot >= 0 && n <= old && n >= BLOCK_CACHE_MIN_BYTES) return p;
+  void *q = malloc(n);
+  if (!q) return NULL;
+  if (p) {
+    memcpy(q, p, old < n ? old : n);
+    free(p);
+  }
+  return q;
+}
+
+/* A fork() while another thread holds the lock must not leave the child's copy locked. */
+static void before_fork(void) { pthread_mutex_lock(&lock); }
+static void after_fork(void) { pthread_mutex_unlock(&lock); }
+
+__attribute__((constructor)) static void install_fork_handlers(void) {
+  pthread_atfork(before_fork, after_fork, after_fork);
+}

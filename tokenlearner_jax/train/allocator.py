@@ -14,9 +14,9 @@ TOKENLEARNER_ALLOCATOR picks:
 - `block_cache`: LD_PRELOAD of block_cache.c (beside this file), compiled with the system's C compiler
   (`cc`, or $CC) on first use into ~/.cache/tokenlearner_jax (or $XDG_CACHE_HOME): blocks of 32 MiB or
   more are kept when freed, one at most, and handed out again to the next request they fit, so the
-  train step gets back the buffer the last step freed, already in memory: ViT-B/16's steps 10.7 -> 9.4 s
-  with 0.03 s of system time instead of 1.7-2.1, the same peak RSS (lever block_cache in
-  experiments/results/levers.md). A request that the kept block does not fit unmaps it first, so it
+  train step gets back the buffer the last step freed, already in memory: train steps 1.07-1.09x as fast
+  as with huge pages alone (ViT-B/16, NesT-T, MaxViT-T), ViT-B/16's with 0.1 s of system time instead
+  of 1.6-2.6, the same peak RSS (lever block_cache in experiments/results/levers.md). A request that the kept block does not fit unmaps it first, so it
   holds no more memory than the largest buffer the program used; glibc (with huge pages, as below)
   serves everything smaller. glibc only: the front end calls glibc's own __libc_malloc and friends.
 - `huge_pages`: where the kernel gives huge pages only to memory that asks for them (`madvise` in

@@ -231,6 +231,44 @@ def test_block_cache_keeps_one_block_and_gives_it_back():
     assert out["stats"] == {"hits": 3, "misses": 5, "waits": 1, "timeouts": 1}, out
 
 
+_THREADS = """
+    import ctypes, json, random, threading
+    from tokenlearner_jax.train import allocator
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    libc.usleep.argtypes = [ctypes.c_uint]
+    MiB = 2 ** 20
+    overwritten = []
+    def work(seed):  # ctypes calls run without the GIL: the threads allocate at the same time
+        rng = random.Random(seed)
+        for i in range(40):
+            n = rng.choice((40, 64, 100)) * MiB
+            p = libc.malloc(n)
+            tag = bytes([(seed * 40 + i) % 256]) * 8
+            ctypes.memmove(p, tag, 8); ctypes.memmove(p + n - 8, tag, 8)
+            libc.usleep(rng.randrange(3000))
+            if ctypes.string_at(p, 8) != tag or ctypes.string_at(p + n - 8, 8) != tag:
+                overwritten.append((seed, i))
+            libc.free(p)
+    threads = [threading.Thread(target=work, args=(seed,)) for seed in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    print(json.dumps({"overwritten": overwritten, "stats": allocator.block_cache_stats()}))
+"""
+
+
+def test_block_cache_serves_threads_allocating_at_once():
+    library = _block_cache()
+    out = json.loads(_child(_THREADS, {**NO_CHOICE, "LD_PRELOAD": library})[-1])
+    assert out["overwritten"] == [], out  # no block handed to two threads at once
+    stats = out["stats"]
+    assert stats["hits"] + stats["misses"] == 240 and stats["hits"] > 0 and stats["waits"] > 0, stats
+
+
 def test_jemalloc_reuses_xlas_temporary_buffer_without_page_faults():
     library = allocator.find_jemalloc()
     if library is None:

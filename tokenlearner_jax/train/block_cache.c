@@ -125,14 +125,15 @@ static void *large_alloc(size_t n, int *reused) {
   *reused = 0;
   pthread_mutex_lock(&lock);
   releasing = 0;
+  if (!(kept_start && fits(kept_size, wanted))) {
+    int in_use = in_use_that_fit(wanted);
+    if (in_use > usually_in_use(wanted)) wait_for_a_free(wanted, in_use);
+  }
+  /* Looked for after the wait, which lets other threads take slots meanwhile. */
   int slot = live_slot(NULL);
   if (slot < 0) {
     pthread_mutex_unlock(&lock);
     return NULL;
-  }
-  if (!(kept_start && fits(kept_size, wanted))) {
-    int in_use = in_use_that_fit(wanted);
-    if (in_use > usually_in_use(wanted)) wait_for_a_free(wanted, in_use);
   }
   if (kept_start && fits(kept_size, wanted)) {
     block = kept_start;

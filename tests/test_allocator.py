@@ -178,8 +178,9 @@ _BLOCKS = """
     import ctypes, json
     from tokenlearner_jax.train import allocator
     libc = ctypes.CDLL(None)
-    for name in ("malloc", "calloc", "realloc"):
+    for name in ("malloc", "calloc", "realloc", "reallocarray"):
         getattr(libc, name).restype = ctypes.c_void_p
+    libc.reallocarray.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]
     libc.malloc.argtypes = [ctypes.c_size_t]
     libc.calloc.argtypes = [ctypes.c_size_t, ctypes.c_size_t]
     libc.realloc.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
@@ -198,7 +199,7 @@ _BLOCKS = """
     out["calloc_zeroed"] = c == a and ctypes.string_at(c, 4096) == bytes(4096) and ctypes.string_at(
         c + 200 * MiB - 4096, 4096) == bytes(4096)
     c = libc.realloc(c, 240 * MiB)  # still fits: in place
-    out["realloc_in_place"] = c == a
+    out["realloc_in_place"] = c == a and libc.reallocarray(c, 60, 4 * MiB) == a
     libc.free(c)
     d = libc.malloc(64 * MiB)  # needs less than half of it: the kept block is unmapped first
     out["after_small"] = rss()

@@ -64,6 +64,20 @@ def test_a_renamed_field_names_its_new_name():
     assert "--config.model.token_learner.stage was renamed: use --config.model.token_learner.location" in proc.stderr
 
 
+def test_an_override_of_a_missing_field_is_one_line_naming_it(tmp_path):
+    from helpers import run_python
+
+    workdir = tmp_path / "run"
+    for override, expected in [
+            ("--config.optimizer.learning_rat=1", "--config.optimizer.learning_rat: configs/quickstart.py has no "
+             "field 'learning_rat'; did you mean --config.optimizer.learning_rate?"),
+            ("--config.nothing.at.all=1", "--config.nothing: configs/quickstart.py has no field 'nothing'")]:
+        proc = run_python(["main.py", "--config=configs/quickstart.py", f"--workdir={workdir}", override], check=False)
+        assert proc.returncode == 1
+        assert proc.stderr.strip().splitlines() == [f"tokenlearner_jax: error: {expected}"], proc.stderr
+    assert not workdir.exists()
+
+
 def test_a_checkpoint_written_before_the_task_based_trainer_resumes(tmp_path):
     """tests/fixtures/pre_refactor_workdir: a tiny run of the code before this trainer (commit 56c1ae1's
     parent), killed after its step-4 checkpoint; its uninterrupted run's step-8 parameters, EMA and

@@ -11,6 +11,7 @@ of a multi-process run died.
 """
 
 import logging as std_logging
+import difflib
 import os
 import sys
 
@@ -122,6 +123,46 @@ def _refuse_renamed_fields(argv):
                 sys.exit(f"tokenlearner_jax: --config.{old} was renamed: use --config.{new}")
 
 
+def _parse_flags(argv):
+    """absl's flag parsing, except that an override of a field the config does not have is one line that
+    names it (ml_collections raises an AttributeError from a KeyError, shown as two tracebacks)."""
+    try:
+        return app.parse_flags_with_usage(argv)
+    except (AttributeError, KeyError):
+        missing = None if "--verbose" in argv[1:] else _missing_field(argv)
+        if missing is None:
+            raise
+        sys.exit(f"{preemption.MESSAGE_PREFIX}error: {missing}")
+
+
+def _missing_field(argv):
+    """'--config.a.b: FILE has no field 'b'[; did you mean --config.a.c?]' for the first override in argv
+    whose path the config file's get_config(arg) lacks; None where every path exists or the file does not
+    load."""
+    from tokenlearner_jax.recipes import sweeps
+
+    config = next((arg.split("=", 1)[1] for arg in argv[1:] if arg.startswith("--config=")), None)
+    try:
+        config_file, arg = sweeps.split_config_path(config)
+        loaded = sweeps.load_module(config_file).get_config(arg)
+    except Exception:  # noqa: BLE001 -- then the original error, with its traceback, says more
+        return None
+    for override in argv[1:]:
+        if not override.startswith("--config."):
+            continue
+        path = override.split("=", 1)[0][len("--config."):].split(".")
+        node = loaded
+        for depth, field in enumerate(path):
+            fields = list(node.keys()) if hasattr(node, "keys") else []
+            if field not in fields:
+                prefix = ".".join(["--config", *path[:depth]])
+                close = difflib.get_close_matches(field, fields, n=1)
+                hint = f"; did you mean {prefix}.{close[0]}?" if close else ""
+                return f"{prefix}.{field}: {config_file} has no field {field!r}{hint}"
+            node = node[field]
+    return None
+
+
 def run():
     try:
         allocator.reexec_with_allocator()  # once, before anything starts (train/allocator.py says why)
@@ -132,7 +173,7 @@ def run():
 
     console.quiet_native_logs(verbose="--verbose" in sys.argv[1:])
     _refuse_renamed_fields(sys.argv)
-    preemption.exit_on_preemption(lambda: app.run(main))
+    preemption.exit_on_preemption(lambda: app.run(main, flags_parser=_parse_flags))
 
 
 if __name__ == "__main__":

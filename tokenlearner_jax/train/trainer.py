@@ -313,6 +313,7 @@ def _train(config, workdir: str, guard, verbose: bool):
                 batch = setup.to_global(next(train_iter))
                 if train_step is None:
                     train_step = setup.compile_train_step(state, batch)
+                    window_start = time.time()  # the first line's rates are of training, not compiling
                 state, metrics, finite = train_step(state, batch)
                 unchecked.append((step, metrics, finite))
                 window.add(step, metrics)

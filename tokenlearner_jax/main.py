@@ -10,8 +10,8 @@ traceback); 75 stopped by SIGTERM / SIGINT (rerun the same command to resume); 7
 of a multi-process run died.
 """
 
-import logging as std_logging
 import difflib
+import logging as std_logging
 import os
 import sys
 

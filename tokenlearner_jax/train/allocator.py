@@ -16,9 +16,9 @@ TOKENLEARNER_ALLOCATOR picks:
   more are kept when freed, one at most, and handed out again to the next request they fit, so the
   train step gets back the buffer the last step freed, already in memory: train steps 1.07-1.09x as fast
   as with huge pages alone (ViT-B/16, NesT-T, MaxViT-T), ViT-B/16's with 0.1 s of system time instead
-  of 1.6-2.6, the same peak RSS (lever block_cache in experiments/results/levers.md). A request that the kept block does not fit unmaps it first, so it
-  holds no more memory than the largest buffer the program used; glibc (with huge pages, as below)
-  serves everything smaller. glibc only: the front end calls glibc's own __libc_malloc and friends.
+  of 1.6-2.6, the same peak RSS (lever block_cache in experiments/results/levers.md). A request that
+  the kept block does not fit unmaps it first, so it holds no more memory than the largest buffer the
+  program used; glibc (with huge pages, as below) serves everything smaller. glibc only: the front end calls glibc's own __libc_malloc and friends.
 - `huge_pages`: where the kernel gives huge pages only to memory that asks for them (`madvise` in
   /sys/kernel/mm/transparent_hugepage/enabled, the default of many distributions), glibc 2.35 or later
   asks for them with GLIBC_TUNABLES=glibc.malloc.hugetlb=1: the buffer is faulted in 2 MiB at a time,

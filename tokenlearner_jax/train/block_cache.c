@@ -83,11 +83,16 @@ static int in_use_that_fit(size_t wanted) {
   return count;
 }
 
+static int usual_slot(size_t wanted) {
+  for (int i = 0; i < USUAL_SLOTS; i++)
+    if (usual_size[i] == wanted) return i;
+  return -1;
+}
+
 /* How many blocks that serve `wanted` the program holds in use together, besides one more. */
 static int usually_in_use(size_t wanted) {
-  for (int i = 0; i < USUAL_SLOTS; i++)
-    if (usual_size[i] == wanted) return usual_in_use[i];
-  return 0;
+  int slot = usual_slot(wanted);
+  return slot < 0 ? 0 : usual_in_use[slot];
 }
 
 static void wait_for_a_free(size_t wanted, int in_use) {
@@ -101,9 +106,7 @@ static void wait_for_a_free(size_t wanted, int in_use) {
     if (pthread_cond_timedwait(&freed, &lock, &until) == ETIMEDOUT) {
       if (!(kept_start && fits(kept_size, wanted))) {
         timeouts++;
-        int slot = -1;
-        for (int i = 0; i < USUAL_SLOTS && slot < 0; i++)
-          if (usual_size[i] == wanted) slot = i;
+        int slot = usual_slot(wanted);
         if (slot < 0) {
           slot = usual_next;
           usual_next = (usual_next + 1) % USUAL_SLOTS;
@@ -168,11 +171,9 @@ static int large_free(void *p) {
   pthread_mutex_lock(&lock);
   size_t size = live_size[slot];
   atomic_store_explicit(&live_start[slot], NULL, memory_order_release);
-  if (releasing || (kept_start && kept_size >= size)) {
-    munmap(p, size);
-  } else if (in_use_that_fit(size) > usually_in_use(size)) {
-    /* One like it is in use already, mapped by a request that did not wait long enough for this one:
-     * keeping this one too would hold both in memory from now on. */
+  /* Where more blocks like it are in use than usual, one was mapped by a request that did not wait long
+   * enough for this one: keeping this one too would hold both in memory from now on. */
+  if (releasing || (kept_start && kept_size >= size) || in_use_that_fit(size) > usually_in_use(size)) {
     munmap(p, size);
   } else {
     if (kept_start) munmap(kept_start, kept_size);

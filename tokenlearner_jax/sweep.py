@@ -3,7 +3,8 @@
   python -m tokenlearner_jax.sweep --config=configs/X.py[:arg] --workdir=ROOT [--parallel=N] [-- FLAGS]
 
 Each point trains in ROOT/<point name> (e.g. ROOT/location=0.25,num_tokens=8,seed=0) as a subprocess
-of main.py, its output in ROOT/<point>/log.txt and its outcome in ROOT/<point>/sweep_point.json. Points
+of main.py, what it prints in ROOT/<point>/console.txt (main.py writes the libraries' messages to log.txt
+there, as in any workdir) and its outcome in ROOT/<point>/sweep_point.json. Points
 run one after another, or N at a time. Running the same command again skips finished points; an
 interrupted point resumes from its checkpoint (main.py does that given the same workdir); a failed
 point is recorded with its error while the others go on, and is tried again by the next run.
@@ -28,7 +29,7 @@ from tokenlearner_jax.recipes import sweep_results, sweeps
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXIT_PREEMPTED = 75  # main.py's code for "checkpoint written, rerun resumes" (train/preemption.py)
-LOG_FILE = "log.txt"
+CONSOLE_FILE = "console.txt"  # a point's stdout and stderr, beside the log.txt of its main.py
 
 
 def parse_args(argv):
@@ -60,9 +61,9 @@ def slot_env(slot: int, gpus_per_point: int) -> dict:
     return env
 
 
-def _error_summary(log_path: str, returncode: int) -> str:
-    """The last line of a failed point's log that looks like an error, else its last line."""
-    with open(log_path, encoding="utf-8", errors="replace") as f:
+def _error_summary(console_path: str, returncode: int) -> str:
+    """The last line a failed point printed that looks like an error, else its last line."""
+    with open(console_path, encoding="utf-8", errors="replace") as f:
         lines = [line.strip() for line in f.read().splitlines()[-200:] if line.strip()]
     errors = [line for line in lines if "Error" in line or "error:" in line or "Exception" in line]
     text = (errors or lines or [""])[-1]
@@ -119,7 +120,7 @@ class Sweep:
               f"{len(todo)} to run{f', {parallel} at a time' if parallel > 1 else ''}; root {self.root}",
               flush=True)
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-        running = {}  # slot -> (index, Popen, start time, log file)
+        running = {}  # slot -> (index, Popen, start time, console file)
         signalled = set()  # slots whose point has been passed the stop signal
         try:
             while (todo and self.stop_signal is None) or running:
@@ -127,12 +128,12 @@ class Sweep:
                 while todo and free and self.stop_signal is None:
                     slot, index = free.pop(0), todo.pop(0)
                     running[slot] = self._start(index, slot, gpus_per_point)
-                for slot, (index, proc, start, log) in list(running.items()):
+                for slot, (index, proc, start, console) in list(running.items()):
                     if self.stop_signal is not None and slot not in signalled:
                         proc.send_signal(signal.SIGTERM)
                         signalled.add(slot)
                     if proc.poll() is not None:
-                        log.close()
+                        console.close()
                         self._finish(index, proc.returncode, time.time() - start)
                         del running[slot]
                         signalled.discard(slot)
@@ -157,13 +158,13 @@ class Sweep:
         sweep_results.write_status(directory, {"status": "running", "overrides": point, "command": command,
                                                "attempts": status.get("attempts", 0) + 1,
                                                "seconds": status.get("seconds", 0.0)})
-        log = open(os.path.join(directory, LOG_FILE), "a", encoding="utf-8")
-        log.write(f"\n=== sweep: {shlex.join(command)}\n")
-        log.flush()
+        console = open(os.path.join(directory, CONSOLE_FILE), "a", encoding="utf-8")
+        console.write(f"\n=== sweep: {shlex.join(command)}\n")
+        console.flush()
         print(f"[{index + 1}/{len(self.points)}] {name}: started", flush=True)
-        proc = subprocess.Popen(command, cwd=REPO_ROOT, env=slot_env(slot, gpus_per_point), stdout=log,
+        proc = subprocess.Popen(command, cwd=REPO_ROOT, env=slot_env(slot, gpus_per_point), stdout=console,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        return index, proc, time.time(), log
+        return index, proc, time.time(), console
 
     def _finish(self, index: int, returncode: int, seconds: float):
         name = self.names[index]
@@ -180,8 +181,9 @@ class Sweep:
             outcome = "interrupted (resumes from its checkpoint on the next run)"
         else:
             record["status"] = "failed"
-            record["error"] = _error_summary(os.path.join(directory, LOG_FILE), returncode)
-            outcome = f"FAILED, {record['error']} (log: {os.path.join(directory, LOG_FILE)})"
+            console = os.path.join(directory, CONSOLE_FILE)
+            record["error"] = _error_summary(console, returncode)
+            outcome = f"FAILED, {record['error']} (output: {console})"
         sweep_results.write_status(directory, record)
         print(f"[{index + 1}/{len(self.points)}] {name}: {outcome}", flush=True)
         self.write_results()

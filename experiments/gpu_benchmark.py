@@ -45,13 +45,15 @@ def main():
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warm_steps", type=int, default=2,
+                        help="untimed steps of each side before its timed ones in every round")
     parser.add_argument("--timm_python", default="", help="python of a venv with torch and timm ('': no timm)")
     parser.add_argument("--peak_tflops", type=float, default=0.0, help="dense bf16 peak; 0: by device name")
     parser.add_argument("--output", default=os.path.join(benchmark.RESULTS, "benchmark_gpu"))
     parser.add_argument("--log_dir", default="/tmp/tokenlearner_gpu_benchmark_logs")
     args = parser.parse_args()
     model, size, batch = ("vit_ti16", 64, 2) if args.small else ("vit_b16", 224, args.batch_size)
-    steps, rounds = (1, 2) if args.small else (args.steps, args.rounds)
+    steps, rounds, warm_steps = (1, 2, 1) if args.small else (args.steps, args.rounds, args.warm_steps)
     os.makedirs(args.log_dir, exist_ok=True)
     log = os.path.join(args.log_dir, "gpu.log")
 
@@ -66,7 +68,7 @@ def main():
             {"PYTHONPATH": benchmark.HERE}, log))
     run = {"command": "python " + " ".join(["experiments/gpu_benchmark.py"] + sys.argv[1:]),
            "started": time.strftime("%Y-%m-%d %H:%M:%S"), "model": model, "image_size": size, "batch_size": batch,
-           "rounds": rounds, "steps": steps, "gpu_flags": GPU_FLAGS, "sides": {}}
+           "rounds": rounds, "steps": steps, "warm_steps": warm_steps, "gpu_flags": GPU_FLAGS, "sides": {}}
     try:
         for worker in workers:
             watch = worker_protocol.Stopwatch()
@@ -84,7 +86,7 @@ def main():
             run["sides"][worker.name] = result
             print(f"{worker.name}: {json.dumps(result)}", flush=True)
         for cmd in ("train", "infer"):
-            for name, times in benchmark.interleaved(workers, cmd, rounds, steps).items():
+            for name, times in benchmark.interleaved(workers, cmd, rounds, steps, warm_steps).items():
                 run["sides"][name][f"{cmd}_times"] = times
         for worker in workers:
             run["sides"][worker.name]["device_peak_bytes"] = worker.call("device_peak_memory")
@@ -109,7 +111,8 @@ def report(run: dict, peak_override: float) -> str:
     model_flops = sides["timm"]["flops"]["train"] if "timm" in sides else 3 * sides["ours"]["infer_flops"]
     lines = [f"# {benchmark.MODELS[run['model']][0]} training in bfloat16 on {device}", "",
              f"Command: `{run['command']}` ({run['started']}). Batch {batch}, {run['image_size']}px; "
-             f"{run['rounds']} interleaved rounds of {run['steps']} steps per side. Model FLOPs per train step: "
+             f"{run['rounds']} interleaved rounds of {run['steps']} timed steps per side, each after "
+             f"{run.get('warm_steps', 0)} untimed ones of its own. Model FLOPs per train step: "
              f"{model_flops / 1e12:.2f} T; peak {peak:.0f} TFLOP/s dense bf16; measured bf16 matmul "
              f"{run['bf16_matmul_gflops'] / 1e3:.0f} TFLOP/s. ours_flags: XLA_FLAGS='{run['gpu_flags']}'.", "",
              "| side | train img/s (min-max) | MFU | inference img/s | vs timm (train / inference) | "

@@ -119,18 +119,23 @@ class MultiHeadAttention(nn.Module):
 
     def _explicit(self, query, key, value, bias, train):
         """Softmax attention with the weights materialised (sown when asked for, dropout in training) on
-        `[batch, length, heads, head_dim]` inputs; the products run heads-major."""
+        `[batch, length, heads, head_dim]` inputs; the products run heads-major. The softmax's division
+        is applied to the output, `[..., query, head_dim]`, rather than to the weights, `[..., query, key]`
+        (dropout's mask and scale commute with it): one pass fewer over the largest tensor, each way."""
         repeats = self.num_heads // key.shape[-2]
         heads_major = lambda t: jnp.swapaxes(t, 1, 2)  # [batch, heads, length, head_dim]
         query = heads_major(query * jnp.asarray(1.0 / np.sqrt(query.shape[-1]), self.dtype))
         key, value = (heads_major(jnp.repeat(t, repeats, axis=-2)) for t in (key, value))
-        logits = jnp.einsum("bhqd,bhkd->bhqk", query, key)
+        logits = jnp.einsum("bhqd,bhkd->bhqk", query, key).astype(jnp.float32)
         if bias is not None:
             logits = logits + bias
-        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
-        self.sow("intermediates", "attention_weights", weights)
-        weights = nn.Dropout(self.dropout_rate)(weights, deterministic=not train)
-        return heads_major(jnp.einsum("bhqk,bhkd->bhqd", weights, value))
+        exp = jnp.exp(logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True)))
+        inverse_total = 1.0 / jnp.sum(exp, axis=-1, keepdims=True)  # [batch, heads, query, 1]
+        if self.is_mutable_collection("intermediates"):
+            self.sow("intermediates", "attention_weights", (exp * inverse_total).astype(self.dtype))
+        exp = nn.Dropout(self.dropout_rate)(exp.astype(self.dtype), deterministic=not train)
+        out = jnp.einsum("bhqk,bhkd->bhqd", exp, value) * inverse_total.astype(self.dtype)
+        return heads_major(out)
 
 
 def cudnn_fits(query, bias) -> bool:

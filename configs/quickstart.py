@@ -6,8 +6,8 @@ Digits are upscaled from 8x8 to 32x32 and cut into 4x4 patches (64 tokens); Toke
 replaces them by 8 learned tokens before layer 2 of 6, so four of the six layers see 8 tokens. Its
 MLP uses the exact GELU (gelu='erf', as every digits recipe here was measured; TokenLearner's default is
 the official code's tanh approximation).
-Measured: 99.72% top-1 on the 360-image digits test split after 1,500 steps (95.00% at 500, 98.33% at
-1,000); 4.1 minutes for the whole command on 2 idle CPU cores, 2026-12-04 19:15
+Measured: 99.17% top-1 on the 360-image digits test split after 1,500 steps (97.50% at 500, 99.17% at
+1,000); 3.8 minutes for the whole command on 2 idle CPU cores, 2026-12-04 20:31
 (experiments/quickstart_accuracy.py, experiments/results/quickstart.md).
 """
 

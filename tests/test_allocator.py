@@ -315,3 +315,41 @@ def test_release_free_memory_gives_freed_heap_memory_back():
     """
     kept, released = map(float, _child(code, NO_CHOICE)[-1].split())
     assert kept - released > 200, (kept, released)
+
+
+def test_small_pages_gives_4k_pages_to_memory_that_asks_for_huge_ones():
+    """A 64 MiB mapping that asks for transparent huge pages gets them outside `small_pages` and none inside
+    it; the process's setting is restored after."""
+    try:
+        with open(allocator.THP_MODE_FILE, encoding="ascii") as f:
+            if "[never]" in f.read():
+                pytest.skip("transparent huge pages are off here")
+    except OSError:
+        pytest.skip("no transparent huge pages here")
+    code = """
+        import ctypes, mmap
+        from tokenlearner_jax.train import allocator
+        libc = ctypes.CDLL(None)
+        def huge_kib_of_fresh_mapping():
+            block = mmap.mmap(-1, 64 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            block.madvise(mmap.MADV_HUGEPAGE)
+            block.write(b"x" * (64 << 20))
+            start = ctypes.addressof(ctypes.c_char.from_buffer(block))
+            huge, inside = 0, False
+            with open("/proc/self/smaps") as f:
+                for line in f:
+                    if "-" in line.split()[0] and ":" not in line.split()[0]:
+                        low, high = (int(part, 16) for part in line.split()[0].split("-"))
+                        inside = low <= start < high
+                    elif inside and line.startswith("AnonHugePages:"):
+                        huge = int(line.split()[1])
+            return huge
+        with allocator.small_pages():
+            during = libc.prctl(allocator.PR_GET_THP_DISABLE, 0, 0, 0, 0)
+            small = huge_kib_of_fresh_mapping()
+        print(during, libc.prctl(allocator.PR_GET_THP_DISABLE, 0, 0, 0, 0), small, huge_kib_of_fresh_mapping())
+    """
+    during, after, small, huge = map(int, _child(code, NO_CHOICE)[-1].split())
+    assert (during, after) == (1, 0)
+    assert small == 0
+    assert huge >= 32 << 10, huge  # at least half of it in huge pages

@@ -38,6 +38,7 @@ glibc.malloc.hugetlb, is left alone, which is also what stops the re-executed pr
 again.
 """
 
+import contextlib
 import ctypes.util
 import hashlib
 import os
@@ -54,6 +55,7 @@ BLOCK_CACHE_NAME = "libtokenlearner_block_cache"
 HUGETLB_TUNABLE = "glibc.malloc.hugetlb"
 JEMALLOC_CONF = "narenas:1,thp:always,dirty_decay_ms:-1,muzzy_decay_ms:-1"
 THP_MODE_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
+PR_SET_THP_DISABLE, PR_GET_THP_DISABLE = 41, 42  # prctl(2), Linux 3.15 or later
 
 
 def glibc_version() -> Optional[tuple]:
@@ -173,6 +175,26 @@ def release_free_memory() -> None:
         if hasattr(process, "tokenlearner_block_cache_release"):
             process.tokenlearner_block_cache_release()
         process.malloc_trim(0)
+
+
+@contextlib.contextmanager
+def small_pages():
+    """Memory first touched inside gets 4 KiB pages, not transparent huge pages, whatever asked for them
+    (prctl PR_SET_THP_DISABLE on this process, restored after); does nothing where that cannot be set.
+
+    For memory touched once, as the initial state: on a virtual machine whose host takes back the memory
+    its guest frees, a huge page met for the first time here cost 2-16 ms (the host faults its 2 MiB in
+    and zeroes them), against 0.5 ms for the same memory in 4 KiB pages, which made ViViT-B/16x2's
+    initialisation run 3.5-4.6 s instead of 0.6 s (lever init_small_pages in experiments/results/levers.md).
+    Huge pages pay off only for memory touched again and again, as the train step's temporary buffer."""
+    prctl = getattr(ctypes.CDLL(None), "prctl", None) if sys.platform.startswith("linux") else None
+    previous = prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0) if prctl else -1
+    changed = previous == 0 and prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) == 0
+    try:
+        yield
+    finally:
+        if changed:
+            prctl(PR_SET_THP_DISABLE, 0, 0, 0, 0)
 
 
 def block_cache_stats() -> Optional[dict]:

@@ -124,9 +124,10 @@ class Setup:
             yield
 
     def init_state(self):
-        """The initial train state. The initialisation program is dropped once it has run (a run needs it
-        once; it holds 0.1 GB for ViT-Ti/16), and the memory its compilation freed is given back."""
-        with self.context():
+        """The initial train state, in memory of small pages (`allocator.small_pages`: it is touched once).
+        The initialisation program is dropped once it has run (a run needs it once; it holds 0.1 GB for
+        ViT-Ti/16), and the memory its compilation freed is given back."""
+        with self.context(), allocator.small_pages():
             state = jax.block_until_ready(self._init(jax.random.key(self.config.seed)))
         self._init.clear_cache()
         allocator.release_free_memory()

@@ -220,6 +220,11 @@ LEVERS = {
              "the train step 0.88 / 0.96 / 1.09x on ViT-S/16 (overlapping ranges), 1.02x on ViT-B/16, 1.04 / 0.98x "
              "on NesT-T; kept",
         before={"rev": "a7446e1"}, after={"rev": "7d237a6"}, models=("vit_s16", "vit_b16", "nest_t")),
+    "init_small_pages": dict(
+        what="Setup.init_state runs the initialisation with transparent huge pages off for the process "
+             "(allocator.small_pages, prctl PR_SET_THP_DISABLE): the state, touched once, is faulted in 4 KiB "
+             "pages; the train step's temporary buffer still gets huge pages",
+        before={"rev": "48be810"}, after={"rev": "abb4790"}, models=("vivit_b16_tl", "vit_b16", "nest_t")),
 }
 
 

@@ -183,8 +183,8 @@ def small_pages():
     (prctl PR_SET_THP_DISABLE on this process, restored after); does nothing where that cannot be set.
 
     For memory touched once, as the initial state: on a virtual machine whose host takes back the memory
-    its guest frees, a huge page met for the first time here cost 2-16 ms (the host faults its 2 MiB in
-    and zeroes them), against 0.5 ms for the same memory in 4 KiB pages, which made ViViT-B/16x2's
+    its guest frees, a huge page met for the first time here cost 4-18 ms (1 GiB in huge pages took 2-9 s
+    of system time), against 1-2 ms for the same 2 MiB in 4 KiB pages (0.5-0.9 s a GiB), which made ViViT-B/16x2's
     initialisation run 3.5-4.6 s instead of 0.6 s (lever init_small_pages in experiments/results/levers.md).
     Huge pages pay off only for memory touched again and again, as the train step's temporary buffer."""
     prctl = getattr(ctypes.CDLL(None), "prctl", None) if sys.platform.startswith("linux") else None

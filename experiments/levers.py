@@ -241,10 +241,11 @@ def export_tree(rev: str) -> str:
 def side(name: str, spec: dict) -> dict:
     pythonpath = export_tree(spec["rev"]) if "rev" in spec else benchmark.ROOT
     options = {key: spec[key] for key in benchmark.ALLOCATOR_OPTIONS if key in spec}
-    if options.get("ld_preload") == BLOCK_CACHE:
+    if options.get("ld_preload") == BLOCK_CACHE:  # compiled from the side's own tree
         from tokenlearner_jax.train import allocator
 
-        options["ld_preload"] = allocator.block_cache_library()
+        options["ld_preload"] = allocator.block_cache_library(source=os.path.join(
+            pythonpath, os.path.relpath(allocator.BLOCK_CACHE_SOURCE, benchmark.ROOT)))
         if not options["ld_preload"]:
             raise SystemExit("lever block_cache: the block cache could not be compiled (it needs glibc and cc)")
     return {"name": name, "kind": "jax", "pythonpath": pythonpath, "xla_flags": spec.get("xla_flags", ""), **options}

@@ -13,12 +13,14 @@ TOKENLEARNER_ALLOCATOR picks:
 - `auto` (the default): the block cache where it can be built, else huge pages.
 - `block_cache`: LD_PRELOAD of block_cache.c (beside this file), compiled with the system's C compiler
   (`cc`, or $CC) on first use into ~/.cache/tokenlearner_jax (or $XDG_CACHE_HOME): blocks of 32 MiB or
-  more are kept when freed, one at most, and handed out again to the next request they fit, so the
-  train step gets back the buffer the last step freed, already in memory: train steps 1.07-1.09x as fast
-  as with huge pages alone (ViT-B/16, NesT-T, MaxViT-T), ViT-B/16's with 0.1 s of system time instead
-  of 1.6-2.6, the same peak RSS (lever block_cache in experiments/results/levers.md). A request that
-  the kept block does not fit unmaps it first, so it holds no more memory than the largest buffer the
-  program used; glibc (with huge pages, as below) serves everything smaller. glibc only: the front end calls glibc's own __libc_malloc and friends.
+  more are kept when freed, a few of them, and each large request gets the smallest kept block it fits,
+  so the train step gets back the buffer the last step freed, and its kernels' scratch blocks, already in
+  memory: train steps 1.07-1.09x as fast as with huge pages alone (ViT-B/16, NesT-T, MaxViT-T), ViT-B/16's
+  with 0.1 s of system time instead of 1.6-2.6, the same peak RSS (lever block_cache in
+  experiments/results/levers.md; lever block_cache_several_blocks for keeping more than one). What it
+  maps, in use and kept, stays within the most the program had in use at once and a sixteenth: a request
+  that would pass that unmaps kept blocks first. glibc (with huge pages, as below) serves everything
+  smaller. glibc only: the front end calls glibc's own __libc_malloc and friends.
 - `huge_pages`: where the kernel gives huge pages only to memory that asks for them (`madvise` in
   /sys/kernel/mm/transparent_hugepage/enabled, the default of many distributions), glibc 2.35 or later
   asks for them with GLIBC_TUNABLES=glibc.malloc.hugetlb=1: the buffer is faulted in 2 MiB at a time,
@@ -79,21 +81,22 @@ def cache_directory() -> str:
     return os.path.join(base, "tokenlearner_jax")
 
 
-def block_cache_library(directory: Optional[str] = None, compiler: Optional[str] = None) -> Optional[str]:
-    """The path of block_cache.c compiled into a shared library, compiling it into `directory` (by
-    default `cache_directory()`) on first use with `compiler` (by default $CC, else cc); None where
-    that cannot be done: not glibc, no C compiler, or the compiler failed. One file per source and
-    compiler command, written under a temporary name and renamed, so that processes starting together
-    never load a half-written library."""
+def block_cache_library(directory: Optional[str] = None, compiler: Optional[str] = None,
+                        source: str = BLOCK_CACHE_SOURCE) -> Optional[str]:
+    """The path of block_cache.c (or another version of it, `source`) compiled into a shared library,
+    compiling it into `directory` (by default `cache_directory()`) on first use with `compiler` (by
+    default $CC, else cc); None where that cannot be done: not glibc, no C compiler, or the compiler
+    failed. One file per source and compiler command, written under a temporary name and renamed, so that
+    processes starting together never load a half-written library."""
     if glibc_version() is None:
         return None
     command = shlex.split(compiler or os.environ.get("CC") or "cc")
     if not command or not shutil.which(command[0]):
         return None
-    with open(BLOCK_CACHE_SOURCE, "rb") as f:
-        source = f.read()
+    with open(source, "rb") as f:
+        code = f.read()
     flags = ["-O2", "-shared", "-fPIC", "-pthread"]
-    digest = hashlib.sha256(source + " ".join(command + flags).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(code + " ".join(command + flags).encode()).hexdigest()[:16]
     directory = directory or cache_directory()
     path = os.path.join(directory, f"{BLOCK_CACHE_NAME}-{digest}.so")
     if os.path.exists(path):
@@ -103,7 +106,7 @@ def block_cache_library(directory: Optional[str] = None, compiler: Optional[str]
         descriptor, partial = tempfile.mkstemp(suffix=".so", dir=directory)
         os.close(descriptor)
         try:
-            subprocess.run([*command, *flags, "-o", partial, BLOCK_CACHE_SOURCE], check=True,
+            subprocess.run([*command, *flags, "-o", partial, source], check=True,
                            capture_output=True, timeout=120)
             os.replace(partial, path)
         finally:
@@ -167,7 +170,7 @@ def environment(environ: Mapping[str, str] = os.environ, jemalloc: Callable[[], 
 
 
 def release_free_memory() -> None:
-    """Gives the memory malloc holds free back to the system: the block cache's kept block, where it is
+    """Gives the memory malloc holds free back to the system: the block cache's kept blocks, where it is
     loaded, and glibc's free memory (malloc_trim(0), which also releases free pages inside its heaps);
     does nothing where the C library is not glibc."""
     if glibc_version() is not None:
@@ -198,7 +201,7 @@ def small_pages():
 
 
 def block_cache_stats() -> Optional[dict]:
-    """What the block cache did with this process's large requests so far (hits: served by the kept
+    """What the block cache did with this process's large requests so far (hits: served by a kept
     block; misses: freshly mapped; waits for a block in use to be freed, and timeouts of those), or None
     where it is not loaded."""
     process = ctypes.CDLL(None)

@@ -1,24 +1,28 @@
-/* A malloc front end, loaded with LD_PRELOAD, that keeps the last large block freed and hands it out
- * again: XLA's CPU runtime mallocs a program's temporary buffer (2.7 GB for ViT-B/16's train step at
- * batch 16) at every call and frees it after, and glibc maps a block that large afresh each time, so
- * every step faulted it in again and the kernel zeroed it again (train/allocator.py says more).
+/* A malloc front end, loaded with LD_PRELOAD, that keeps large blocks when they are freed and hands them
+ * out again: XLA's CPU runtime mallocs a program's temporary buffer (2.7 GB for ViT-B/16's train step at
+ * batch 16) at every call and frees it after, and its kernels malloc scratch blocks of tens to hundreds of
+ * MB inside the call (YNNPACK's fusions, Eigen's convolutions); glibc maps a block that large afresh each
+ * time, so every step faulted it in again and the kernel zeroed it again (train/allocator.py says more).
  *
  * Blocks of BLOCK_CACHE_MIN_BYTES or more (the size from which glibc always maps a block on its own and
  * unmaps it when freed) are mapped here, asking for transparent huge pages. When one is freed it is kept,
- * one block at most; the next large request that it can hold and that needs at least half of it gets it
- * back, already in memory. A request it does not fit unmaps it first, so what stays in memory is never
- * more than the largest block in use before. Everything smaller goes to glibc's own functions.
+ * up to KEPT_SLOTS of them; a large request gets the smallest kept block that can hold it and that it
+ * needs at least half of, already in memory. What is mapped here, in use and kept together, never grows
+ * past the most that was in use at once plus a sixteenth: a request that would pass it unmaps kept blocks
+ * first, smallest first; a block freed with KEPT_SLOTS kept takes the smallest one's place if larger. So a program that uses
+ * the same few sizes at every call maps nothing after its first, and one that moves on to other sizes
+ * gives back the old ones. Everything smaller goes to glibc's own functions.
  *
  * XLA frees the buffer on one of its threads just after the call's outputs are ready, so the next call
  * can ask for its buffer a few milliseconds before the last one is freed; a request that finds a block of
- * its size still in use therefore waits up to WAIT_MS for it, and a block freed while another that would
- * serve the same requests is in use is unmapped rather than kept. Where the wait comes to nothing, the
- * program holds blocks of that size together (an argument and a temporary buffer of the same size); from
- * then on only a request that finds more of them in use than that waits, and only a free that leaves
- * more of them in use than that unmaps.
+ * its size still in use and none kept therefore waits up to WAIT_MS for it, and a block freed while
+ * another that would serve the same requests is in use is unmapped rather than kept. Where the wait comes
+ * to nothing, the program holds blocks of that size together (an argument and a temporary buffer of the
+ * same size); from then on only a request that finds more of them in use than that waits, and only a free
+ * that leaves more of them in use than that unmaps.
  *
- * tokenlearner_block_cache_release() unmaps the kept block, and the next one freed before any large
- * request (the buffer of a call still running: allocator.release_free_memory calls it before a checkpoint);
+ * tokenlearner_block_cache_release() unmaps the kept blocks, and any freed before the next large request
+ * (the buffer of a call still running: allocator.release_free_memory calls it before a checkpoint);
  * tokenlearner_block_cache_stats() counts what happened to the large requests.
  */
 #define _GNU_SOURCE
@@ -46,13 +50,17 @@ extern void *__libc_memalign(size_t, size_t);
 #define LIVE_SLOTS 64
 #define WAIT_MS 200
 #define USUAL_SLOTS 16
+#define KEPT_SLOTS 8
 
 /* Blocks mapped here and in use; a slot holds NULL when free. Read without the lock by free(), which
  * only ever looks for a block its caller owns. */
 static _Atomic(void *) live_start[LIVE_SLOTS];
 static size_t live_size[LIVE_SLOTS];
-static void *kept_start;
-static size_t kept_size;
+/* Blocks freed and kept; a slot holds NULL when empty. */
+static void *kept_start[KEPT_SLOTS];
+static size_t kept_size[KEPT_SLOTS];
+/* Bytes of the blocks in use, and the most of them in use at once so far. */
+static size_t in_use_bytes, peak_in_use_bytes;
 /* Sizes (rounded) whose wait timed out, the latest USUAL_SLOTS of them, and how many blocks that serve
  * them were in use then besides the one asked for. */
 static size_t usual_size[USUAL_SLOTS];
@@ -60,7 +68,7 @@ static int usual_in_use[USUAL_SLOTS];
 static int usual_next;
 /* Set by tokenlearner_block_cache_release until the next large request: a block freed meanwhile is unmapped. */
 static int releasing;
-/* What tokenlearner_block_cache_stats reports: requests served by the kept block, by a fresh mapping,
+/* What tokenlearner_block_cache_stats reports: requests served by a kept block, by a fresh mapping,
  * waits for a block in use to be freed, and those that came to nothing. */
 static long hits, misses, waits, timeouts;
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -69,6 +77,40 @@ static pthread_cond_t freed = PTHREAD_COND_INITIALIZER;
 static size_t round_to_huge_page(size_t n) { return (n + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1); }
 
 static int fits(size_t block, size_t wanted) { return block >= wanted && wanted >= block / 2; }
+
+/* The slot of the smallest kept block that serves `wanted`, or -1. */
+static int kept_that_fits(size_t wanted) {
+  int best = -1;
+  for (int i = 0; i < KEPT_SLOTS; i++)
+    if (kept_start[i] && fits(kept_size[i], wanted) && (best < 0 || kept_size[i] < kept_size[best])) best = i;
+  return best;
+}
+
+/* The slot of the smallest kept block, or -1 where none is kept. */
+static int smallest_kept(void) {
+  int smallest = -1;
+  for (int i = 0; i < KEPT_SLOTS; i++)
+    if (kept_start[i] && (smallest < 0 || kept_size[i] < kept_size[smallest])) smallest = i;
+  return smallest;
+}
+
+static size_t kept_bytes(void) {
+  size_t total = 0;
+  for (int i = 0; i < KEPT_SLOTS; i++)
+    if (kept_start[i]) total += kept_size[i];
+  return total;
+}
+
+static int empty_kept_slot(void) {
+  for (int i = 0; i < KEPT_SLOTS; i++)
+    if (!kept_start[i]) return i;
+  return -1;
+}
+
+static void unmap_kept(int slot) {
+  munmap(kept_start[slot], kept_size[slot]);
+  kept_start[slot] = NULL;
+}
 
 static int live_slot(const void *p) {
   for (int i = 0; i < LIVE_SLOTS; i++)
@@ -102,9 +144,9 @@ static void wait_for_a_free(size_t wanted, int in_use) {
   until.tv_sec += until.tv_nsec / 1000000000L;
   until.tv_nsec %= 1000000000L;
   waits++;
-  while (!(kept_start && fits(kept_size, wanted))) {
+  while (kept_that_fits(wanted) < 0) {
     if (pthread_cond_timedwait(&freed, &lock, &until) == ETIMEDOUT) {
-      if (!(kept_start && fits(kept_size, wanted))) {
+      if (kept_that_fits(wanted) < 0) {
         timeouts++;
         int slot = usual_slot(wanted);
         if (slot < 0) {
@@ -128,7 +170,7 @@ static void *large_alloc(size_t n, int *reused) {
   *reused = 0;
   pthread_mutex_lock(&lock);
   releasing = 0;
-  if (!(kept_start && fits(kept_size, wanted))) {
+  if (kept_that_fits(wanted) < 0) {
     int in_use = in_use_that_fit(wanted);
     if (in_use > usually_in_use(wanted)) wait_for_a_free(wanted, in_use);
   }
@@ -138,16 +180,19 @@ static void *large_alloc(size_t n, int *reused) {
     pthread_mutex_unlock(&lock);
     return NULL;
   }
-  if (kept_start && fits(kept_size, wanted)) {
-    block = kept_start;
-    size = kept_size;
-    kept_start = NULL;
+  int kept = kept_that_fits(wanted);
+  if (kept >= 0) {
+    block = kept_start[kept];
+    size = kept_size[kept];
+    kept_start[kept] = NULL;
     *reused = 1;
     hits++;
   } else {
-    if (kept_start) {
-      munmap(kept_start, kept_size);
-      kept_start = NULL;
+    if (in_use_bytes + wanted > peak_in_use_bytes) peak_in_use_bytes = in_use_bytes + wanted;
+    size_t bound = peak_in_use_bytes + peak_in_use_bytes / 16, held = in_use_bytes + wanted + kept_bytes();
+    for (int smallest; held > bound && (smallest = smallest_kept()) >= 0;) {
+      held -= kept_size[smallest];
+      unmap_kept(smallest);
     }
     block = mmap(NULL, wanted, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (block == MAP_FAILED) {
@@ -158,6 +203,8 @@ static void *large_alloc(size_t n, int *reused) {
     size = wanted;
     misses++;
   }
+  in_use_bytes += size;
+  if (in_use_bytes > peak_in_use_bytes) peak_in_use_bytes = in_use_bytes;
   live_size[slot] = size;
   atomic_store_explicit(&live_start[slot], block, memory_order_release);
   pthread_mutex_unlock(&lock);
@@ -171,14 +218,20 @@ static int large_free(void *p) {
   pthread_mutex_lock(&lock);
   size_t size = live_size[slot];
   atomic_store_explicit(&live_start[slot], NULL, memory_order_release);
+  in_use_bytes -= size;
   /* Where more blocks like it are in use than usual, one was mapped by a request that did not wait long
    * enough for this one: keeping this one too would hold both in memory from now on. */
-  if (releasing || (kept_start && kept_size >= size) || in_use_that_fit(size) > usually_in_use(size)) {
+  int keep = !releasing && in_use_that_fit(size) <= usually_in_use(size);
+  int kept = keep ? empty_kept_slot() : -1;
+  if (keep && kept < 0 && kept_size[smallest_kept()] <= size) { /* every slot full: p takes the smallest's */
+    kept = smallest_kept();
+    unmap_kept(kept);
+  }
+  if (kept < 0) {
     munmap(p, size);
   } else {
-    if (kept_start) munmap(kept_start, kept_size);
-    kept_start = p;
-    kept_size = size;
+    kept_start[kept] = p;
+    kept_size[kept] = size;
     pthread_cond_broadcast(&freed);
   }
   pthread_mutex_unlock(&lock);
@@ -187,8 +240,8 @@ static int large_free(void *p) {
 
 void tokenlearner_block_cache_release(void) {
   pthread_mutex_lock(&lock);
-  if (kept_start) munmap(kept_start, kept_size);
-  kept_start = NULL;
+  for (int i = 0; i < KEPT_SLOTS; i++)
+    if (kept_start[i]) unmap_kept(i);
   releasing = 1;
   pthread_mutex_unlock(&lock);
 }

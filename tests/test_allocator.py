@@ -205,15 +205,15 @@ _BLOCKS = """
     c = libc.realloc(c, 240 * MiB)  # still fits: in place
     out["realloc_in_place"] = c == a and libc.reallocarray(c, 60, 4 * MiB) == a
     libc.free(c)
-    # A program's call: a 640 MiB buffer, and inside it a 100 MiB and then a 40 MiB block. The first call
-    # takes more than the most in use so far (256 MiB) and a sixteenth: the kept 256 MiB block is unmapped.
+    # A program's call: a 3 GiB buffer (never written), and inside it a 100 MiB and then a 40 MiB block. The
+    # first call takes more than the most in use so far (256 MiB) and a 64th: the kept 256 MiB block is unmapped.
     for call in range(2):
-        t = libc.malloc(640 * MiB)
+        t = libc.malloc(3072 * MiB)
         if call == 0:
             out["old_block_unmapped"] = rss()
         x = libc.malloc(100 * MiB); ctypes.memset(x, 1, 100 * MiB); libc.free(x)
         y = libc.malloc(40 * MiB); ctypes.memset(y, 1, 40 * MiB); libc.free(y)  # 100 MiB does not serve 40
-        libc.free(t)  # kept with the two others: 780 MiB, within 740 MiB (the most in use) and a sixteenth
+        libc.free(t)  # kept with the two others: 3212 MiB, within 3172 MiB (the most in use) and a 64th
     out["three_kept"] = rss()
     allocator.release_free_memory()
     out["released"] = rss()

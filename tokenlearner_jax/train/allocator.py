@@ -18,7 +18,7 @@ TOKENLEARNER_ALLOCATOR picks:
   memory: train steps 1.07-1.09x as fast as with huge pages alone (ViT-B/16, NesT-T, MaxViT-T), ViT-B/16's
   with 0.1 s of system time instead of 1.6-2.6, the same peak RSS (lever block_cache in
   experiments/results/levers.md; lever block_cache_several_blocks for keeping more than one). What it
-  maps, in use and kept, stays within the most the program had in use at once and a sixteenth: a request
+  maps, in use and kept, stays within the most the program had in use at once and a sixty-fourth: a request
   that would pass that unmaps kept blocks first. glibc (with huge pages, as below) serves everything
   smaller. glibc only: the front end calls glibc's own __libc_malloc and friends.
 - `huge_pages`: where the kernel gives huge pages only to memory that asks for them (`madvise` in

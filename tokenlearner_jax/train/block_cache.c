@@ -8,7 +8,7 @@
  * unmaps it when freed) are mapped here, asking for transparent huge pages. When one is freed it is kept,
  * up to KEPT_SLOTS of them; a large request gets the smallest kept block that can hold it and that it
  * needs at least half of, already in memory. What is mapped here, in use and kept together, never grows
- * past the most that was in use at once plus a sixteenth: a request that would pass it unmaps kept blocks
+ * past the most that was in use at once plus a sixty-fourth: a request that would pass it unmaps kept blocks
  * first, smallest first; a block freed with KEPT_SLOTS kept takes the smallest one's place if larger. So a program that uses
  * the same few sizes at every call maps nothing after its first, and one that moves on to other sizes
  * gives back the old ones. Everything smaller goes to glibc's own functions.
@@ -189,7 +189,7 @@ static void *large_alloc(size_t n, int *reused) {
     hits++;
   } else {
     if (in_use_bytes + wanted > peak_in_use_bytes) peak_in_use_bytes = in_use_bytes + wanted;
-    size_t bound = peak_in_use_bytes + peak_in_use_bytes / 16, held = in_use_bytes + wanted + kept_bytes();
+    size_t bound = peak_in_use_bytes + peak_in_use_bytes / 64, held = in_use_bytes + wanted + kept_bytes();
     for (int smallest; held > bound && (smallest = smallest_kept()) >= 0;) {
       held -= kept_size[smallest];
       unmap_kept(smallest);

@@ -8,10 +8,11 @@
  * unmaps it when freed) are mapped here, asking for transparent huge pages. When one is freed it is kept,
  * up to KEPT_SLOTS of them; a large request gets the smallest kept block that can hold it and that it
  * needs at least half of, already in memory. What is mapped here, in use and kept together, never grows
- * past the most that was in use at once plus a sixty-fourth: a request that would pass it unmaps kept blocks
- * first, smallest first; a block freed with KEPT_SLOTS kept takes the smallest one's place if larger. So a program that uses
- * the same few sizes at every call maps nothing after its first, and one that moves on to other sizes
- * gives back the old ones. Everything smaller goes to glibc's own functions.
+ * past the most that was in use at once plus a sixty-fourth: a request that would pass it unmaps kept
+ * blocks first, smallest first; a block freed with KEPT_SLOTS kept takes the smallest one's place if it
+ * is larger. So a program that uses the same few sizes at every call maps nothing after its first call,
+ * and one that moves on to other sizes gives the old ones back. Everything smaller goes to glibc's own
+ * functions.
  *
  * XLA frees the buffer on one of its threads just after the call's outputs are ready, so the next call
  * can ask for its buffer a few milliseconds before the last one is freed; a request that finds a block of

@@ -4,6 +4,7 @@ allocator is what makes XLA's per-call temporary buffer cost few or no page faul
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 import textwrap
@@ -162,7 +163,7 @@ def test_block_cache_is_compiled_once_per_source_and_compiler(tmp_path):
     assert allocator.block_cache_library(str(tmp_path), "cc -g") not in (None, first)
     other_source = tmp_path / "other" / "block_cache.c"  # another version of the source: another library
     other_source.parent.mkdir()
-    other_source.write_text(open(allocator.BLOCK_CACHE_SOURCE).read() + "\n/* another version */\n")
+    other_source.write_text(pathlib.Path(allocator.BLOCK_CACHE_SOURCE).read_text() + "\n/* another version */\n")
     assert allocator.block_cache_library(str(tmp_path), source=str(other_source)) not in (None, first)
     assert allocator.block_cache_library(str(tmp_path), "cc -no-such-flag") is None
     assert allocator.block_cache_library(str(tmp_path), "no-such-compiler") is None

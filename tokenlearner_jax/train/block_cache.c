@@ -224,9 +224,12 @@ static int large_free(void *p) {
    * enough for this one: keeping this one too would hold both in memory from now on. */
   int keep = !releasing && in_use_that_fit(size) <= usually_in_use(size);
   int kept = keep ? empty_kept_slot() : -1;
-  if (keep && kept < 0 && kept_size[smallest_kept()] <= size) { /* every slot full: p takes the smallest's */
-    kept = smallest_kept();
-    unmap_kept(kept);
+  if (keep && kept < 0) { /* every slot full: p takes the smallest one's place, if it is larger */
+    int smallest = smallest_kept();
+    if (kept_size[smallest] <= size) {
+      unmap_kept(smallest);
+      kept = smallest;
+    }
   }
   if (kept < 0) {
     munmap(p, size);

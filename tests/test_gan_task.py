@@ -17,7 +17,7 @@ from flax.core import meta
 from tokenlearner_jax import data, models, recipes
 from tokenlearner_jax.evaluate import frechet
 from tokenlearner_jax.tasks import base, gan
-from tokenlearner_jax.train import trainer
+from tokenlearner_jax.train import state_init, trainer
 
 SIZE = 16
 
@@ -85,6 +85,10 @@ def test_state_under_eval_shape_matches_the_jitted_initialisation():
     assert jax.tree.structure(abstract) == jax.tree.structure(state)
     for a, s in zip(jax.tree.leaves(abstract), jax.tree.leaves(state)):
         assert a.shape == s.shape and a.dtype == s.dtype
+    # The trainer's initialisation, random draws batched across both trees, gives the same state.
+    batched, _ = state_init.trace(task.init_state, jax.random.key(0))
+    for a, s in zip(jax.tree.leaves(jax.jit(batched)(jax.random.key(0))), jax.tree.leaves(state)):
+        np.testing.assert_array_equal(a, s)
     state = meta.unbox(state)
     assert int(state.step) == 0
     # The spectral-norm estimates of the discriminator are state; the EMA starts at the generator.

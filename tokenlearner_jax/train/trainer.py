@@ -1,7 +1,7 @@
 """The training loop: one jax.jit step over a named device mesh, one process or many, for any task.
 
 `run(config, workdir)` trains, evaluates, checkpoints and resumes. In order:
-  mesh -> data -> task (models, optimizers) -> sharded state (shapes from jax.eval_shape first) ->
+  mesh -> data -> task (models, optimizers) -> sharded state (shapes from one abstract trace first) ->
   restore the latest checkpoint if any -> loop (step, log, checkpoint, evaluate) -> final eval.
 
 The loop knows nothing of the objective: `config.task` picks a task (tasks/), which owns the train
@@ -28,7 +28,7 @@ from tokenlearner_jax import data, tasks
 from tokenlearner_jax.evaluate.fewshot_evaluator import FewShotEvaluator
 from tokenlearner_jax.tasks.base import all_finite
 from tokenlearner_jax.train import allocator, checkpoint as checkpoint_lib, console
-from tokenlearner_jax.train import mesh as mesh_lib, preemption
+from tokenlearner_jax.train import mesh as mesh_lib, preemption, state_init
 from tokenlearner_jax.train import workdir as workdir_lib
 from tokenlearner_jax.train.metrics_log import MetricsLog, TrainWindow
 from tokenlearner_jax.weights import init_from
@@ -105,9 +105,12 @@ class Setup:
         self.replicated = mesh_lib.replicated(self.mesh)
 
         with self.context():
-            abstract_boxed = jax.eval_shape(self.task.init_state, jax.random.key(config.seed))
+            # Random draws batched on one device only: on several, each parameter's own draw lets XLA
+            # make on every device just the part of it that device holds.
+            init_state, abstract_boxed = state_init.trace(self.task.init_state, jax.random.key(config.seed),
+                                                          batch_draws=self.mesh.size == 1)
             self.state_shardings = mesh_lib.shardings_for(abstract_boxed, self.mesh, self.rules)
-            self._init = jax.jit(lambda rng: flax.core.meta.unbox(self.task.init_state(rng)),
+            self._init = jax.jit(lambda rng: flax.core.meta.unbox(init_state(rng)),
                                  out_shardings=self.state_shardings, compiler_options=INIT_COMPILER_OPTIONS)
         self.abstract_state = checkpoint_lib.abstract_with_shardings(
             flax.core.meta.unbox(abstract_boxed), self.state_shardings)

@@ -235,6 +235,15 @@ LEVERS = {
              "buffer; block_cache.c compiled from each side's tree",
         before={"rev": "d829b24", **HUGE_PAGES, "ld_preload": BLOCK_CACHE},
         after={"rev": "2acbc31", **HUGE_PAGES, "ld_preload": BLOCK_CACHE}, models=("vivit_b16_tl", "nest_t", "maxvit_t")),
+    "batched_random_draws": dict(
+        what="the state's initialisation traced once (no jax.eval_shape before the jit) and its random draws "
+             "of one shape, whose keys do not depend on one another, made by one vmapped call "
+             "(train/state_init.py; the state is bit-identical, tests/test_state_init.py): on CPU each draw's "
+             "threefry hash was a loop compiled on its own; only init changes, so the train and inference "
+             "columns show the noise of the run",
+        before={"rev": "e9aead5", **HUGE_PAGES, "ld_preload": BLOCK_CACHE},
+        after={"rev": "43be142", **HUGE_PAGES, "ld_preload": BLOCK_CACHE},
+        models=("vit_ti16", "vivit_b16_tl", "nest_t", "maxvit_t")),
 }
 
 

@@ -20,14 +20,15 @@ from jax.extend import core as jax_core
 # Primitives on keys whose call vmapped over stacked keys gives each key's own result, bit for bit.
 KEY_PRIMITIVES = frozenset({"random_bits", "random_fold_in", "random_split"})
 # The most values one batched call returns (16 MiB of 32-bit random bits): larger groups are made in
-# several calls, so that the initialisation's buffer grows little (ViViT-B/16x2: 0.46 -> 0.57 GB).
+# several calls, so that the initialisation's temporary buffer grows little (ViViT-B/16x2 + TokenLearner:
+# 0.46 -> 0.57 GB; without the cap, 0.91 GB).
 MAX_BATCH_VALUES = 1 << 22
 
 
 def trace(fn, rng, *, batch_draws: bool = True):
     """Traces `fn(rng)` once; returns (a function rng -> fn(rng) to jit, the abstract shape of its output,
     as jax.eval_shape gives it). With batch_draws, the function makes fn's random draws in batches (see
-    the module docstring); without, it replays fn's operations one by one."""
+    the module docstring); without, each draw is a call of its own, as in fn."""
     with jax.disable_jit():  # jax.random's jitted functions inlined, so that all draws sit in one jaxpr
         closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(rng)
     treedef = jax.tree.structure(out_shape)
@@ -40,7 +41,7 @@ def trace(fn, rng, *, batch_draws: bool = True):
 
 def evaluate(closed, args, max_batch_values: int):
     """The outputs of the closed jaxpr `closed` at `args`, its KEY_PRIMITIVES operations made in batches
-    of at most max_batch_values output values (0: one by one, in the jaxpr's order)."""
+    of at most max_batch_values output values (0: each on its own)."""
     jaxpr = closed.jaxpr
     env = dict(zip(jaxpr.constvars, closed.consts)) | dict(zip(jaxpr.invars, args))
     read = lambda var: var.val if isinstance(var, jax_core.Literal) else env[var]

@@ -1,14 +1,14 @@
 """The train state's initialisation, traced once, with its random draws made in batches.
 
 Flax draws every parameter with a `jax.random` call of its own, and on CPU XLA compiles each call's
-threefry hash as a loop of its own: about 200 loops for ViT-B/16, and compiling them was most of the
-state's initialisation time (as long as compiling ViViT-B/16x2's train step). Threefry hashes every
+threefry hash as a loop of its own: 204 loops for ViViT-B/16x2 + TokenLearner, and compiling them was
+most of the state's initialisation time (as long as compiling its train step). Threefry hashes every
 element on its own, so the draws of one shape whose keys do not depend on one another can be made by
 one call, vmapped over their stacked keys, with the same bits. `trace` evaluates the initialisation's
 jaxpr in waves: it runs what it can, holds back the key operations (`KEY_PRIMITIVES`), and when nothing
 else can run, makes each group of held-back operations of one kind and shape in one call. The state is
-bit for bit the one of the plain program (tests/test_state_init.py); the initialisation compiles in about
-half the time (lever batched_random_draws in experiments/results/levers.md).
+bit for bit the one of the plain program (tests/test_state_init.py); the initialisation compiles in a half
+to two-thirds of the time (lever batched_random_draws in experiments/results/levers.md).
 """
 
 import collections
@@ -100,7 +100,8 @@ def _batches(eqns, indices, max_batch_values: int):
     groups = collections.defaultdict(list)
     for index in indices:
         eqn = eqns[index]
-        groups[(eqn.primitive, tuple(sorted(eqn.params.items())), tuple(var.aval for var in eqn.invars))].append(index)
+        kind = (eqn.primitive, tuple(sorted(eqn.params.items())), tuple(var.aval for var in eqn.invars))
+        groups[kind].append(index)
     for members in groups.values():
         values = max(1, sum(var.aval.size for var in eqns[members[0]].outvars))
         per_batch = max(1, max_batch_values // values)

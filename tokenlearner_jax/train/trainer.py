@@ -105,8 +105,8 @@ class Setup:
         self.replicated = mesh_lib.replicated(self.mesh)
 
         with self.context():
-            # Random draws batched on one device only: on several, each parameter's own draw lets XLA
-            # make on every device just the part of it that device holds.
+            # Random draws batched on one device only: on several, each parameter keeps its own draw, which
+            # XLA's partitioner can generate shard by shard (not measured on a multi-device mesh here).
             init_state, abstract_boxed = state_init.trace(self.task.init_state, jax.random.key(config.seed),
                                                           batch_draws=self.mesh.size == 1)
             self.state_shardings = mesh_lib.shardings_for(abstract_boxed, self.mesh, self.rules)

@@ -42,25 +42,24 @@ CORES = (("ViT-S/16 layer", 16, 196, 6, 64), ("NesT-T level 0: 16 images x 16 bl
 
 
 def perf_samples(path: str, offset_ns: int) -> dict:
-    """{cpu: sorted [(time_ns on the wall clock, busy)]} of a `perf record -a -k CLOCK_MONOTONIC` file;
-    busy is False for the idle task (pid 0)."""
+    """{cpu: (sample times in wall-clock ns, sorted; whether each found the CPU busy)} of a
+    `perf record -a -k CLOCK_MONOTONIC` file; a sample of the idle task (pid 0) is not busy."""
     text = subprocess.run(["perf", "script", "-i", path, "-F", "pid,cpu,time"], capture_output=True,
                           text=True, check=True).stdout
     samples = collections.defaultdict(list)
     for match in re.finditer(r"^\s*(\d+)\s+\[(\d+)\]\s+([\d.]+):", text, re.MULTILINE):
         pid, cpu, seconds = match.groups()
         samples[int(cpu)].append((round(float(seconds) * 1e9) + offset_ns, pid != "0"))
-    return {cpu: sorted(values) for cpu, values in samples.items()}
+    return {cpu: tuple(zip(*sorted(values))) for cpu, values in samples.items()}
 
 
 def busy_cores(samples: dict, start_ns: int, end_ns: int):
     """(busy samples, all samples) over every CPU between two wall-clock times."""
     busy = total = 0
-    for values in samples.values():
-        times = [t for t, _ in values]
-        window = values[bisect.bisect_left(times, start_ns):bisect.bisect_right(times, end_ns)]
-        busy += sum(b for _, b in window)
-        total += len(window)
+    for times, busy_flags in samples.values():
+        first, last = bisect.bisect_left(times, start_ns), bisect.bisect_right(times, end_ns)
+        busy += sum(busy_flags[first:last])
+        total += last - first
     return busy, total
 
 
@@ -86,10 +85,7 @@ def profile_model(model: str, steps: int, rows: int) -> dict:
     side = benchmark.JaxSide()
     side.setup(model=model, batch_size=16)
     side.train(2)
-    hlo = side.train_step.as_text()
-    instructions = profile_ops.parse_hlo(hlo)
-    ynn_fusions = {match.group(1) for match in map(profile_ops._INSTRUCTION.match, hlo.splitlines())
-                   if match and "__ynn_fusion" in match.group(2)}
+    instructions = profile_ops.parse_hlo(side.train_step.as_text())
     with tempfile.TemporaryDirectory() as work:
         perf = subprocess.Popen(["perf", "record", "-a", "-F", str(SAMPLE_HZ), "-k", "CLOCK_MONOTONIC", "-o",
                                  f"{work}/perf.data"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -120,7 +116,7 @@ def profile_model(model: str, steps: int, rows: int) -> dict:
             continue
         seconds = (end - start) / 1e9
         op_name = info.get("op_name", "")
-        kind = "YNNPACK" if name in ynn_fusions else info.get("kind", "")
+        kind = "YNNPACK" if info.get("ynn") else info.get("kind", "")
         key = (profile_ops.pass_of(op_name), f"{profile_ops.scope_of(op_name)}: {profile_ops.primitive_of(op_name)}",
                kind, info.get("shape", "?").split("{")[0])
         group = groups[key]

@@ -16,7 +16,8 @@ _KIND = re.compile(r"kind=(k\w+)")
 
 
 def parse_hlo(hlo_text: str) -> dict:
-    """{instruction name: dict(opcode, kind, shape, op_name)} of an optimised HLO module's text."""
+    """{instruction name: dict(opcode, kind, shape, op_name, ynn)} of an optimised HLO module's text; ynn:
+    whether it is a fusion XLA hands to YNNPACK."""
     instructions = {}
     for line in hlo_text.splitlines():
         match = _INSTRUCTION.match(line)
@@ -27,7 +28,8 @@ def parse_hlo(hlo_text: str) -> dict:
         op_name = _OP_NAME.search(rest)
         kind = _KIND.search(rest)
         instructions[name] = dict(opcode=opcode.group(1) if opcode else "?", kind=kind.group(1) if kind else "",
-                                  shape=rest.split(" ", 1)[0], op_name=op_name.group(1) if op_name else "")
+                                  shape=rest.split(" ", 1)[0], op_name=op_name.group(1) if op_name else "",
+                                  ynn="__ynn_fusion" in rest)
     return instructions
 
 

@@ -244,6 +244,14 @@ LEVERS = {
         before={"rev": "e9aead5", **HUGE_PAGES, "ld_preload": BLOCK_CACHE},
         after={"rev": "43be142", **HUGE_PAGES, "ld_preload": BLOCK_CACHE},
         models=("vit_ti16", "vivit_b16_tl", "nest_t", "maxvit_t")),
+    "two_host_devices": dict(
+        what="XLA_FLAGS=--xla_force_host_platform_device_count=2: the CPU seen as two jax devices and the train "
+             "step data-parallel over them (the config's mesh, data=-1: half the batch each, the gradients "
+             "all-reduced, the state replicated), so that two programs run at once and a product YNNPACK runs "
+             "on one thread has the other device's program beside it (experiments/results/idle_cores.md)",
+        before={**HUGE_PAGES, "ld_preload": BLOCK_CACHE},
+        after={"xla_flags": "--xla_force_host_platform_device_count=2", **HUGE_PAGES, "ld_preload": BLOCK_CACHE},
+        models=("vit_s16", "nest_t")),
 }
 
 

@@ -14,7 +14,6 @@ experiments/results/idle_cores.md.
 import argparse
 import bisect
 import collections
-import glob
 import os
 import re
 import subprocess
@@ -63,22 +62,6 @@ def busy_cores(samples: dict, start_ns: int, end_ns: int):
     return busy, total
 
 
-def thunk_events(trace_dir: str, start_ns: int) -> list:
-    """[(HLO instruction, start, end)] in wall-clock ns of the thunks a jax.profiler trace recorded;
-    the trace's times count from the start of tracing, which is `start_ns` to within a millisecond."""
-    import jax
-
-    path = sorted(glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True))[-1]
-    events = []
-    for plane in jax.profiler.ProfileData.from_file(path).planes:
-        for line in plane.lines:
-            for event in line.events:
-                stats = dict(event.stats)
-                if "hlo_op" in stats:
-                    events.append((stats["hlo_op"], start_ns + event.start_ns, start_ns + event.end_ns))
-    return events
-
-
 def profile_model(model: str, steps: int, rows: int) -> dict:
     import jax
 
@@ -103,7 +86,9 @@ def profile_model(model: str, steps: int, rows: int) -> dict:
         perf.send_signal(2)
         perf.wait()
         samples = perf_samples(f"{work}/perf.data", offset)
-        events = thunk_events(f"{work}/trace", trace_start)
+        # the trace's times count from the start of tracing, which is trace_start to within a millisecond
+        events = [(name, trace_start + start, trace_start + end)
+                  for name, start, end in profile_ops.thunk_events(f"{work}/trace")]
     in_steps = [busy_cores(samples, a, b) for a, b in spans]
     cpus = len(samples)
     groups = collections.defaultdict(lambda: [0.0, 0.0, 0])  # seconds, idle core-seconds, count

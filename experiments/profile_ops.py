@@ -54,18 +54,27 @@ def scope_of(op_name: str) -> str:
                     for p in parts[-2:]) or "-"
 
 
-def op_times(trace_dir: str) -> collections.Counter:
-    """{HLO instruction name: total seconds} of the thunks recorded in a jax.profiler trace."""
+def thunk_events(trace_dir: str) -> list:
+    """[(HLO instruction name, start ns, end ns)] of the thunks recorded in a jax.profiler trace, timed
+    from the start of tracing."""
     import jax
 
     path = sorted(glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True))[-1]
-    totals = collections.Counter()
+    events = []
     for plane in jax.profiler.ProfileData.from_file(path).planes:
         for line in plane.lines:
             for event in line.events:
                 stats = dict(event.stats)
                 if "hlo_op" in stats:
-                    totals[stats["hlo_op"]] += event.duration_ns / 1e9
+                    events.append((stats["hlo_op"], event.start_ns, event.end_ns))
+    return events
+
+
+def op_times(trace_dir: str) -> collections.Counter:
+    """{HLO instruction name: total seconds} of the thunks recorded in a jax.profiler trace."""
+    totals = collections.Counter()
+    for name, start, end in thunk_events(trace_dir):
+        totals[name] += (end - start) / 1e9
     return totals
 
 

@@ -39,3 +39,28 @@ def test_the_gpu_benchmark_runs_small_on_the_cpu(tmp_path):
     assert all(t > 0 for t in ours["train_times"]["wall"] + ours["infer_times"]["wall"])
     text = (tmp_path / "gpu.md").read_text()
     assert "| ours |" in text and "| ours_flags |" in text
+
+
+def test_profile_ops_matches_traced_thunks_with_the_compiled_program(tmp_path):
+    import jax
+    import jax.numpy as jnp
+    import profile_ops  # experiments/profile_ops.py
+
+    x, w = jax.block_until_ready((jnp.ones((64, 128)), jnp.ones((128, 32))))
+    step = jax.jit(lambda x, w: jnp.tanh(x @ w).sum()).lower(x, w).compile()
+    instructions = profile_ops.parse_hlo(step.as_text())
+    with jax.profiler.trace(str(tmp_path)):  # only this program runs while tracing
+        for _ in range(3):
+            step(x, w).block_until_ready()
+    events = profile_ops.thunk_events(str(tmp_path))
+    assert events and all(name in instructions and 0 <= start <= end for name, start, end in events)
+    assert {name for name, _, _ in events} == set(profile_ops.op_times(str(tmp_path)))
+
+
+def test_idle_cores_counts_busy_samples_within_a_window():
+    import idle_cores  # experiments/idle_cores.py
+
+    samples = {0: ((10, 20, 30, 40), (True, False, True, True)), 1: ((15, 25, 35), (False, False, True))}
+    assert idle_cores.busy_cores(samples, 20, 35) == (2, 4)  # cpu 0: 20 idle, 30 busy; cpu 1: 25 idle, 35 busy
+    assert idle_cores.busy_cores(samples, 0, 100) == (4, 7)
+    assert idle_cores.busy_cores(samples, 41, 50) == (0, 0)

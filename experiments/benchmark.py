@@ -19,6 +19,7 @@ baseline: other XLA flags, or another source tree on PYTHONPATH): see experiment
 """
 
 import argparse
+import ast
 import json
 import os
 import platform
@@ -67,10 +68,11 @@ def load_config_file(name: str):
     return sweeps.load_module(os.path.join(ROOT, "configs", name)).get_config(None)
 
 
-def benchmark_config(key: str, batch_size: int, frames: int = 8, dtype: str = "float32", image_size: int = 224):
+def benchmark_config(key: str, batch_size: int, frames: int = 8, dtype: str = "float32", image_size: int = 224,
+                     overrides: dict | None = None):
     """(config, DatasetInfo) of the family's config file (`CONFIG_FILES`: its ImageNet / Kinetics recipe,
     with `variant` as config.model.variant) at `batch_size`, computing in `dtype` (parameters stay float32),
-    `image_size` square, videos of `frames` frames."""
+    `image_size` square, videos of `frames` frames, then `overrides` ({'mesh.fsdp': -1, ...}) applied."""
     from tokenlearner_jax import data
 
     family, variant = key.split(":")
@@ -81,6 +83,12 @@ def benchmark_config(key: str, batch_size: int, frames: int = 8, dtype: str = "f
     config.dataset.image_size = size = image_size
     if config.dataset.num_frames > 0:
         config.dataset.num_frames = frames
+    for path, value in (overrides or {}).items():
+        *parents, field = path.split(".")
+        node = config
+        for parent in parents:
+            node = node[parent]
+        node[field] = value
     shape = (size, size, 3) if config.dataset.num_frames <= 0 else (config.dataset.num_frames, size, size, 3)
     info = data.DatasetInfo(name="benchmark", num_classes=config.model.num_classes, image_shape=shape,
                             num_train=1_000_000, num_eval=0, multi_label=False)
@@ -107,12 +115,17 @@ def trainer_step(config, info):
 class JaxSide:
     """Builds one of our models and times its train step and forward pass on request."""
 
-    def setup(self, *, model: str, batch_size: int, dtype: str = "float32", image_size: int = 224, seed: int = 0):
+    def setup(self, *, model: str, batch_size: int, dtype: str = "float32", image_size: int = 224, seed: int = 0,
+              config_overrides: dict | None = None):
         """Builds the state and compiles the train step and the forward pass; returns their times
-        (wall and this process's CPU seconds), XLA's FLOP counts and memory sizes."""
+        (wall and this process's CPU seconds), XLA's FLOP counts and memory sizes. The CPU is split into as
+        many jax devices as main.py would split it (train/distributed.py) unless XLA_FLAGS says."""
         import jax
 
-        config, info = benchmark_config(MODELS[model][1], batch_size, dtype=dtype, image_size=image_size)
+        config, info = benchmark_config(MODELS[model][1], batch_size, dtype=dtype, image_size=image_size,
+                                        overrides=config_overrides)
+        from tokenlearner_jax.train import distributed
+        getattr(distributed, "split_cpu", lambda config, requested: 0)(config, 0)  # absent from older trees
         times = {}
         # Importing the trainer is timed on its own, as timm's worker imports torch and timm untimed.
         watch = worker_protocol.Stopwatch()
@@ -140,12 +153,16 @@ class JaxSide:
         memory = self.train_step.memory_analysis()
         result = {f"{name}_s": wall for name, (wall, _) in times.items()}
         result.update({f"{name}_cpu_s": cpu for name, (_, cpu) in times.items()})
-        return {**result, "train_flops": self.train_step.cost_analysis()["flops"],
-                "infer_flops": self.forward.cost_analysis()["flops"],
-                "xla_temp_bytes": memory.temp_size_in_bytes, "xla_argument_bytes": memory.argument_size_in_bytes,
+        # XLA's figures are one device's program; every device runs one like it (data-parallel over the CPU's
+        # devices, train/distributed.py): the step's are that many times theirs.
+        devices = jax.device_count()
+        return {**result, "train_flops": devices * self.train_step.cost_analysis()["flops"],
+                "infer_flops": devices * self.forward.cost_analysis()["flops"],
+                "xla_temp_bytes": devices * memory.temp_size_in_bytes,
+                "xla_argument_bytes": devices * memory.argument_size_in_bytes,
                 "params": sum(x.size for x in jax.tree.leaves(self.state.params)),
                 "cudnn_attention_calls": self.train_step.as_text().count("__cudnn$fmha"),
-                "device": jax.devices()[0].device_kind,
+                "device": jax.devices()[0].device_kind, "devices": devices,
                 "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
                 "allocator": worker_protocol.allocator_environment()}
 
@@ -213,19 +230,29 @@ def ensure_timm_venv(path: str, packages: str, index_url: str) -> str:
 
 # a side's malloc: option name -> environment variable (glibc_tunables -> GLIBC_TUNABLES, ...)
 ALLOCATOR_OPTIONS = {name.lower(): name for name in worker_protocol.ALLOCATOR_VARIABLES}
-SIDE_OPTIONS = ("xla_flags", "pythonpath", *ALLOCATOR_OPTIONS)
+SIDE_OPTIONS = ("xla_flags", "pythonpath", "config", *ALLOCATOR_OPTIONS)
 
 
 def parse_side(text: str, default_pythonpath: str) -> dict:
-    """'name' or 'name:KEY=VALUE;KEY=VALUE' with keys SIDE_OPTIONS -> a side of ours."""
+    """'name' or 'name:KEY=VALUE;KEY=VALUE' with keys SIDE_OPTIONS -> a side of ours. `config` overrides
+    fields of the benchmarked config: 'config=mesh.data:1,mesh.fsdp:-1,shard_optimizer_state:False'."""
     name, _, options = text.partition(":")
     side = {"name": name, "kind": "jax", "pythonpath": default_pythonpath, "xla_flags": ""}
     for option in filter(None, options.split(";")):
         key, _, value = option.partition("=")
         if key not in SIDE_OPTIONS:
             raise ValueError(f"--sides: unknown option {key!r} in {text!r}: expected one of {SIDE_OPTIONS}")
-        side[key] = value
+        side[key] = parse_overrides(value, text) if key == "config" else value
     return side
+
+
+def parse_overrides(value: str, text: str) -> dict:
+    """'mesh.fsdp:-1,shard_optimizer_state:False' -> {'mesh.fsdp': -1, 'shard_optimizer_state': False}."""
+    try:
+        return {path: ast.literal_eval(literal) for path, literal in (item.split(":") for item in value.split(","))}
+    except (ValueError, SyntaxError):
+        raise ValueError(f"--sides: config={value!r} in {text!r}: expected FIELD:PYTHON_LITERAL,... e.g. "
+                         f"mesh.fsdp:-1,shard_optimizer_state:False") from None
 
 
 def start_worker(side: dict, timm_python: str, log_path: str) -> worker_protocol.Worker:
@@ -295,7 +322,8 @@ def measure_model(model: str, sides: list, args, timm_python: str) -> dict:
                 setup = worker.call("setup", **timm_spec(model, args.batch_size))
                 setup["flops"] = worker.call("flops")
             else:
-                setup = worker.call("setup", model=model, batch_size=args.batch_size)
+                setup = worker.call("setup", model=model, batch_size=args.batch_size,
+                                    **({"config_overrides": side["config"]} if "config" in side else {}))
             setup.update(worker.call("warmup"))
             result[side["name"]] = setup
             print(f"  {model} / {side['name']}: {json.dumps(setup)}", flush=True)

@@ -33,9 +33,12 @@ import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from tokenlearner_jax.train import checkpoint  # noqa: E402
+
 RESULTS = os.path.join(ROOT, "experiments", "results", "fault_matrix.md")
 ENV = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="3")
 TRACEBACK = "Traceback (most recent call last)"
@@ -145,10 +148,7 @@ def comparable(workdir) -> list[dict]:
 
 def state_of(workdir, step=None) -> dict:
     """The whole train state of a checkpoint (the latest by default), as numpy."""
-    with ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), item_names=("state",)) as manager:
-        step = manager.latest_step() if step is None else step
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    return jax.tree.map(np.asarray, restored["state"])
+    return checkpoint.read_state(os.path.join(workdir, "checkpoints"), step)[1]
 
 
 def same_params(a, b) -> bool:

@@ -42,6 +42,8 @@ BASE = "56c1ae1"  # main before this work
 # main.py would pick, train/allocator.py; ld_preload BLOCK_CACHE is train/block_cache.c, compiled)
 HUGE_PAGES = {"glibc_tunables": "glibc.malloc.hugetlb=1"}
 BLOCK_CACHE = "<block cache>"
+# The CPU as one or as two jax devices (a side naming neither gets main.py's choice, train/distributed.py)
+ONE_DEVICE, TWO_DEVICES = "--xla_force_host_platform_device_count=1", "--xla_force_host_platform_device_count=2"
 
 
 def _jemalloc(conf: str) -> dict:
@@ -249,9 +251,25 @@ LEVERS = {
              "step data-parallel over them (the config's mesh, data=-1: half the batch each, the gradients "
              "all-reduced, the state replicated), so that two programs run at once and a product YNNPACK runs "
              "on one thread has the other device's program beside it (experiments/results/idle_cores.md)",
-        before={**HUGE_PAGES, "ld_preload": BLOCK_CACHE},
-        after={"xla_flags": "--xla_force_host_platform_device_count=2", **HUGE_PAGES, "ld_preload": BLOCK_CACHE},
+        before={"xla_flags": ONE_DEVICE, **HUGE_PAGES, "ld_preload": BLOCK_CACHE},
+        after={"xla_flags": TWO_DEVICES, "config": {"shard_optimizer_state": False}, **HUGE_PAGES,
+               "ld_preload": BLOCK_CACHE},
         models=("vit_s16", "nest_t")),
+    "two_host_devices_fsdp": dict(
+        what="two_host_devices with the state sharded instead of replicated: the config's mesh as data=1, fsdp=-1, "
+             "so that each of the two CPU devices holds half of every parameter's embed axis and of its optimizer "
+             "state, the step gathering the parameters and reduce-scattering the gradients",
+        before={"xla_flags": ONE_DEVICE, **HUGE_PAGES, "ld_preload": BLOCK_CACHE},
+        after={"xla_flags": TWO_DEVICES, "config": {"mesh.data": 1, "mesh.fsdp": -1}, **HUGE_PAGES,
+               "ld_preload": BLOCK_CACHE},
+        models=("vit_s16", "nest_t")),
+    "two_host_devices_sharded_optimizer": dict(
+        what="two_host_devices with the optimizer state split over the data axis (config.shard_optimizer_state, "
+             "the default since this lever: ZeRO stage 1): each of the two CPU devices holds the parameters and "
+             "half of their optimizer state, and updates its half of the parameters",
+        before={"xla_flags": ONE_DEVICE, **HUGE_PAGES, "ld_preload": BLOCK_CACHE},
+        after={"xla_flags": TWO_DEVICES, **HUGE_PAGES, "ld_preload": BLOCK_CACHE},
+        models=("vit_s16", "nest_t", "vit_b16")),
 }
 
 
@@ -275,7 +293,8 @@ def side(name: str, spec: dict) -> dict:
             pythonpath, os.path.relpath(allocator.BLOCK_CACHE_SOURCE, benchmark.ROOT)))
         if not options["ld_preload"]:
             raise SystemExit("lever block_cache: the block cache could not be compiled (it needs glibc and cc)")
-    return {"name": name, "kind": "jax", "pythonpath": pythonpath, "xla_flags": spec.get("xla_flags", ""), **options}
+    return {"name": name, "kind": "jax", "pythonpath": pythonpath, "xla_flags": spec.get("xla_flags", ""), **options,
+            **({"config": spec["config"]} if "config" in spec else {})}
 
 
 def measure(lever: str, models, args) -> dict:

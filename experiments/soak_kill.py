@@ -20,12 +20,11 @@ import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from tokenlearner_jax.train import metrics_log  # noqa: E402
+from tokenlearner_jax.train import checkpoint, metrics_log  # noqa: E402
 
 
 def command(workdir, args):
@@ -38,9 +37,7 @@ def command(workdir, args):
 
 
 def final_params(workdir):
-    with ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), item_names=("state",)) as manager:
-        state = manager.restore(manager.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    return [np.asarray(x) for x in jax.tree.leaves(state["state"]["params"])]
+    return jax.tree.leaves(checkpoint.read_state(os.path.join(workdir, "checkpoints"))[1]["params"])
 
 
 def comparable_metrics(workdir):

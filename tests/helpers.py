@@ -4,11 +4,8 @@ import os
 import subprocess
 import sys
 
-import jax
-import numpy as np
-import orbax.checkpoint as ocp
-
 from tokenlearner_jax.recipes import sweeps
+from tokenlearner_jax.train import checkpoint as checkpoint_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="3")
@@ -97,8 +94,5 @@ def validate(config):
 def final_params(workdir, key="params"):
     """The parameters (or another train-state field, e.g. 'ema_params') of the newest checkpoint of a
     workdir, as numpy."""
-    directory = os.path.join(workdir, "checkpoints")
-    with ocp.CheckpointManager(directory, item_names=("state",)) as manager:
-        step = manager.latest_step()
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    return step, jax.tree.map(np.asarray, restored["state"][key])
+    step, state = checkpoint_lib.read_state(os.path.join(workdir, "checkpoints"))
+    return step, state[key]

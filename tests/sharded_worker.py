@@ -1,5 +1,6 @@
 """Run by test_sharding.py in a fresh process with 8 virtual CPU devices: trains a few steps of a tiny
-model on a 1-device mesh and on a data x fsdp x model mesh, and prints both runs' results as JSON."""
+model on a 1-device mesh, on a data x fsdp x model mesh and on a data-parallel mesh of 8, and prints the
+runs' results as JSON."""
 
 import os
 import sys
@@ -29,9 +30,14 @@ def train(mesh, devices, steps=4):
     setup = trainer.Setup(config, info, total_steps=steps, devices=devices)
     state = setup.init_state()
     kernel = state.params["encoderblock_0"]["MlpBlock_3"]["Dense_0"]["kernel"]
-    layout = {"spec": str(kernel.sharding.spec), "global": list(kernel.shape),
-              "shard": list(kernel.addressable_shards[0].data.shape),
-              "num_shards": len({str(s.index) for s in kernel.addressable_shards})}
+    # Adam's first moment of the same kernel (config.shard_optimizer_state is on by default)
+    moment = next(leaf for path, leaf in jax.tree_util.tree_flatten_with_path(state.opt_state)[0]
+                  if "mu" in jax.tree_util.keystr(path) and "encoderblock_0']['MlpBlock_3']['Dense_0']['kernel"
+                  in jax.tree_util.keystr(path))
+    layout = {name: {"spec": str(x.sharding.spec), "global": list(x.shape),
+                     "shard": list(x.addressable_shards[0].data.shape),
+                     "num_shards": len({str(s.index) for s in x.addressable_shards})}
+              for name, x in (("kernel", kernel), ("moment", moment))}
     batches = data.train_iterator(config.dataset, global_batch_size=config.batch_size, seed=0)
     losses = []
     with setup.context():
@@ -46,4 +52,5 @@ def train(mesh, devices, steps=4):
 if __name__ == "__main__":
     assert jax.device_count() == 8
     print(json.dumps({"single": train((1, 1, 1), jax.devices()[:1]),
-                      "sharded": train((2, 2, 2), jax.devices())}))
+                      "sharded": train((2, 2, 2), jax.devices()),
+                      "data_parallel": train((8, 1, 1), jax.devices())}))

@@ -15,13 +15,13 @@ import jax
 import jax.numpy as jnp
 import matplotlib.image
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 import scipy.linalg
 
 from helpers import ENV, ROOT, parse_config, run_python
 from tokenlearner_jax import data, visualize
 from tokenlearner_jax.tasks import gan
+from tokenlearner_jax.train import checkpoint as checkpoint_lib
 from tokenlearner_jax.train import metrics_log, trainer
 
 SMALL = ["--config.gan.generator.dims=(32,16,16)", "--config.gan.generator.num_heads=(2,1,1)",
@@ -155,9 +155,7 @@ def checkpoints(workdir):
 
 
 def final_state(workdir, step):
-    with ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), item_names=("state",)) as manager:
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    return jax.tree.map(np.asarray, restored["state"])
+    return checkpoint_lib.read_state(os.path.join(workdir, "checkpoints"), step)[1]
 
 
 @pytest.mark.slow

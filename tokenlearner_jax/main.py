@@ -37,6 +37,10 @@ flags.DEFINE_string("compilation_cache_dir", None,
                     "$JAX_COMPILATION_CACHE_DIR if set, else ~/.cache/tokenlearner_jax/xla; '' (either) turns it off.")
 flags.DEFINE_integer("heartbeat_timeout_seconds", 120,
                      "A multi-process run stops this long after a process stops answering, naming it.")
+flags.DEFINE_integer("cpu_devices", 0,
+                     "In a single-process run, the number of jax devices the CPU is split into, the step "
+                     "data-parallel over them; 0: 2 where the host has 2 cores or more and the batch sizes split "
+                     "in two, else 1 (train/distributed.py says why). No effect on GPUs and TPUs.")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 EXIT_USER_ERROR = 1
@@ -97,6 +101,7 @@ def main(argv):
 
     console.route_logs(FLAGS.workdir, FLAGS.verbose)
 
+    distributed.split_cpu(FLAGS.config, FLAGS.cpu_devices, FLAGS.coordinator_address)
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                            heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds)
     # The trainer is imported after jax.distributed, which must come before any device use.

@@ -47,6 +47,9 @@ def trainer_defaults() -> dict:
         # `sharding_rules` (empty: layers.partitioning.DEFAULT_RULES), the batch over data and fsdp.
         mesh=dict(data=-1, fsdp=1, model=1),
         sharding_rules=(),
+        # Optimizer state (e.g. Adam's moments) split over the data axis too, each data-parallel device
+        # updating its share of the parameters: the state is then held once, not once per device.
+        shard_optimizer_state=True,
         log_every_steps=50,
         eval_every_steps=0,  # 0: only at the end
         checkpoint_every_steps=1000,

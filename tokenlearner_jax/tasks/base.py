@@ -76,7 +76,12 @@ class Task(abc.ABC):
       config: the whole run config.
       info: the dataset's `data.DatasetInfo` (input shape, classes, split sizes).
       total_steps: the number of training steps (for schedules).
+      optimizer_state_fields: the train state's fields that hold optimizer state (read and written only by
+        the optimizer update), which the trainer splits over the mesh's data axis with
+        config.shard_optimizer_state.
     """
+
+    optimizer_state_fields: tuple = ()
 
     def __init__(self, config, info, total_steps: int):
         self.config = config

@@ -99,6 +99,8 @@ class SumAccumulator(EvalAccumulator):
 class Classification(Task):
     """`config.model` trained with `config.optimizer` on (image or video, class) pairs."""
 
+    optimizer_state_fields = ("opt_state",)
+
     default_config = staticmethod(default_config)
 
     def __init__(self, config, info, total_steps: int):

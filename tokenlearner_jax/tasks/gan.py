@@ -223,6 +223,8 @@ def _output_shape(module, input_shape) -> tuple:
 class GanTask(base.Task):
     """Module docstring. `feature_network` replaces the one of `config.gan.fd` (built on first use)."""
 
+    optimizer_state_fields = ("generator_opt_state", "discriminator_opt_state")
+
     default_config = staticmethod(default_config)
 
     def __init__(self, config, info, total_steps: int, feature_network: Optional[frechet.FeatureNetwork] = None):

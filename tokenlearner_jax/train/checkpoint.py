@@ -444,3 +444,19 @@ def check_writable(directory: str) -> None:
 
 def abstract_with_shardings(tree, shardings):
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def read_state(checkpoint_dir: str, step: int | None = None) -> tuple[int, Any]:
+    """(step, the train state of checkpoint `step`, by default the newest, as nested dicts of numpy arrays),
+    whatever devices and layout wrote it (a run on two CPU devices holds half of its optimizer state on
+    each): for reading a run from outside the trainer."""
+    with ocp.CheckpointManager(os.path.abspath(checkpoint_dir), item_names=("state",),
+                               item_handlers={"state": ocp.PyTreeCheckpointHandler()}) as manager:
+        step = manager.latest_step() if step is None else step
+        if step is None or step not in manager.all_steps():
+            raise FileNotFoundError(f"no checkpoint{'' if step is None else f' of step {step}'} in {checkpoint_dir}")
+        tree = manager.item_metadata(step)["state"].tree
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            item=tree, restore_args=restore_args)))["state"]
+    return step, restored

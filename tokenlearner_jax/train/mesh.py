@@ -76,6 +76,23 @@ def shardings_for(abstract_tree, mesh: Mesh, rules):
     return nn.logical_to_mesh_sharding(specs, mesh, rules)
 
 
+def split_over_data(sharding: NamedSharding, shape: Sequence[int]) -> NamedSharding:
+    """`sharding` of an array of `shape` with its largest dimension that is not split yet (its mesh axes,
+    if any, of size 1) and divides by the mesh's data axis split over that axis too; unchanged where no
+    dimension qualifies, or the data axis is of size 1 or already used. What optimizer state is held as
+    with `config.shard_optimizer_state`."""
+    mesh_sizes = sharding.mesh.shape
+    entries = [(() if entry is None else (entry,) if isinstance(entry, str) else tuple(entry))
+               for entry in tuple(sharding.spec) + (None,) * (len(shape) - len(sharding.spec))]
+    free = [dim for dim, size in enumerate(shape)
+            if math.prod(mesh_sizes[axis] for axis in entries[dim]) == 1 and size % mesh_sizes["data"] == 0]
+    if mesh_sizes["data"] == 1 or any("data" in entry for entry in entries) or not free:
+        return sharding
+    dim = max(free, key=lambda d: shape[d])
+    entries[dim] += ("data",)
+    return NamedSharding(sharding.mesh, PartitionSpec(*(entry or None for entry in entries)))
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Arrays `[batch, ...]` split over the data-parallel axes (data and fsdp), replicated over model."""
     return NamedSharding(mesh, PartitionSpec(("data", "fsdp")))

@@ -110,15 +110,26 @@ class Setup:
             init_state, abstract_boxed = state_init.trace(self.task.init_state, jax.random.key(config.seed),
                                                           batch_draws=self.mesh.size == 1)
             self.state_shardings = mesh_lib.shardings_for(abstract_boxed, self.mesh, self.rules)
-            self._init = jax.jit(lambda rng: flax.core.meta.unbox(init_state(rng)),
-                                 out_shardings=self.state_shardings, compiler_options=INIT_COMPILER_OPTIONS)
-        self.abstract_state = checkpoint_lib.abstract_with_shardings(
-            flax.core.meta.unbox(abstract_boxed), self.state_shardings)
+        abstract_state = flax.core.meta.unbox(abstract_boxed)
+        if config.shard_optimizer_state:
+            self.state_shardings = self._split_optimizer_state(abstract_state)
+        self._init = jax.jit(lambda rng: flax.core.meta.unbox(init_state(rng)),
+                             out_shardings=self.state_shardings, compiler_options=INIT_COMPILER_OPTIONS)
+        self.abstract_state = checkpoint_lib.abstract_with_shardings(abstract_state, self.state_shardings)
         self.train_step = jax.jit(self._train_step, in_shardings=(self.state_shardings, self.batch_sharding),
                                   out_shardings=(self.state_shardings, self.replicated, self.replicated),
                                   donate_argnums=0, compiler_options=step_compiler_options())
         self.eval_step = jax.jit(self.task.eval_step, in_shardings=(self.state_shardings, self.batch_sharding),
                                  out_shardings=self.replicated, compiler_options=step_compiler_options())
+
+    def _split_optimizer_state(self, abstract_state):
+        """`state_shardings` with each array of the task's optimizer state split over the data axis as well
+        (`mesh_lib.split_over_data`): data-parallel devices then hold one copy of the parameters but a share
+        of their optimizer state, each updating its share of the parameters (ZeRO stage 1)."""
+        split = lambda sharding, value: mesh_lib.split_over_data(sharding, value.shape)
+        return self.state_shardings.replace(**{
+            field: jax.tree.map(split, getattr(self.state_shardings, field), getattr(abstract_state, field))
+            for field in self.task.optimizer_state_fields})
 
     @contextlib.contextmanager
     def context(self):

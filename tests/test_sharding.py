@@ -18,12 +18,12 @@ def test_sharded_mesh_matches_one_device():
         assert sharded["layout"][name]["shard"] == [16, 32]
         assert sharded["layout"][name]["num_shards"] == 4
         assert single["layout"][name]["shard"] == single["layout"][name]["global"] == [32, 64]
-    # Data-parallel over 8: the kernel whole on every device, its moment split 8 ways along mlp (the
-    # larger dimension).
+    # Data-parallel over 8: the kernel whole on every device, its moment split 8 ways along embed (the
+    # outermost dimension).
     assert data_parallel["layout"]["kernel"]["shard"] == [32, 64]
     assert data_parallel["layout"]["kernel"]["num_shards"] == 1
-    assert data_parallel["layout"]["moment"]["spec"] == "P('fsdp', ('model', 'data'))"
-    assert data_parallel["layout"]["moment"]["shard"] == [32, 8]
+    assert data_parallel["layout"]["moment"]["spec"] == "P(('fsdp', 'data'), 'model')"
+    assert data_parallel["layout"]["moment"]["shard"] == [4, 64]
     assert data_parallel["layout"]["moment"]["num_shards"] == 8
     for run in (sharded, data_parallel):
         np.testing.assert_allclose(run["losses"], single["losses"], rtol=2e-5)
@@ -42,10 +42,10 @@ def _split(mesh_shape, spec, shape):
     return str(mesh.split_over_data(NamedSharding(abstract_mesh, PartitionSpec(*spec)), shape).spec)
 
 
-def test_optimizer_state_is_split_along_its_largest_unsplit_dimension_over_data():
-    # the larger of two free dimensions; a mesh axis of size 1 leaves its dimension free
-    assert _split((2, 1, 1), ("fsdp", "model"), (32, 64)) == "P('fsdp', ('model', 'data'))"
-    assert _split((2, 1, 1), (None, None), (64, 32)) == "P('data', None)"
+def test_optimizer_state_is_split_along_its_outermost_unsplit_dimension_over_data():
+    # the outer of two free dimensions, however small; a mesh axis of size 1 leaves its dimension free
+    assert _split((2, 1, 1), ("fsdp", "model"), (32, 64)) == "P(('fsdp', 'data'), 'model')"
+    assert _split((2, 1, 1), (None, None), (2, 32)) == "P('data', None)"
     assert _split((2, 1, 1), (), (3, 10)) == "P(None, 'data')"  # 3 does not split in two
     # a dimension already split over fsdp stays as it is; the other one takes the data axis
     assert _split((2, 2, 1), ("fsdp", None), (64, 32)) == "P('fsdp', 'data')"

@@ -69,7 +69,7 @@ IGNORED_FIELDS = (
     "dataset.eval_temporal_views", "dataset.synthetic_eval_size",  # evaluation only
     "fewshot.*",  # few-shot evaluation only
     "init_from.*",  # read by a run that starts from step 0 only
-    "mesh.*", "sharding_rules",  # a checkpoint restores onto another mesh; the global batch is unchanged
+    "mesh.*", "sharding_rules", "shard_optimizer_state",  # a checkpoint restores onto another layout
     "dataset.num_workers",  # reading threads; the order does not depend on them
     "dataset.data_dir",  # the same data moved elsewhere
 )

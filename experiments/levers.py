@@ -265,8 +265,12 @@ LEVERS = {
         models=("vit_s16", "nest_t")),
     "two_host_devices_sharded_optimizer": dict(
         what="two_host_devices with the optimizer state split over the data axis (config.shard_optimizer_state, "
-             "the default since this lever: ZeRO stage 1): each of the two CPU devices holds the parameters and "
-             "half of their optimizer state, and updates its half of the parameters",
+             "ZeRO stage 1): each of the two CPU devices holds the parameters and half of their optimizer state, "
+             "and updates its half of the parameters. Made main.py's default whatever the rows' rule says, "
+             "against the issue's targets instead (speed at or above timm's, peak RSS no more than timm's): in "
+             "the full benchmark of 2026-12-05 10:33 (experiments/results/benchmark_cpu_two_devices.md) it kept "
+             "every family's peak RSS under timm's and took ViT-S/16 from 0.99x to 1.06x timm's speed, ViT-B/16 "
+             "from 1.05-1.09x to 0.99x (docs/performance.md)",
         before={"xla_flags": ONE_DEVICE, **HUGE_PAGES, "ld_preload": BLOCK_CACHE},
         after={"xla_flags": TWO_DEVICES, **HUGE_PAGES, "ld_preload": BLOCK_CACHE},
         models=("vit_s16", "nest_t", "vit_b16")),

@@ -27,6 +27,17 @@ def test_every_benchmark_model_builds_from_its_config_file(model):
         assert benchmark.timm_spec(model, 4)["drop_path_rate"] >= 0
 
 
+def test_a_side_overrides_config_fields():
+    side = benchmark.parse_side("fsdp:xla_flags=--xla_force_host_platform_device_count=2;"
+                                "config=mesh.data:1,mesh.fsdp:-1,shard_optimizer_state:False", ROOT)
+    assert side["config"] == {"mesh.data": 1, "mesh.fsdp": -1, "shard_optimizer_state": False}
+    assert side["xla_flags"] == "--xla_force_host_platform_device_count=2"
+    config, _ = benchmark.benchmark_config(benchmark.MODELS["vit_s16"][1], batch_size=4, overrides=side["config"])
+    assert (config.mesh.data, config.mesh.fsdp, config.shard_optimizer_state) == (1, -1, False)
+    with pytest.raises(ValueError, match="config='mesh.fsdp=2'"):
+        benchmark.parse_side("bad:config=mesh.fsdp=2", ROOT)
+
+
 @pytest.mark.slow
 def test_the_gpu_benchmark_runs_small_on_the_cpu(tmp_path):
     output = tmp_path / "gpu"

@@ -5,6 +5,8 @@ import os
 
 import jax
 
+from tokenlearner_jax.train import mesh
+
 # Variables that mean "this process is one of several": SLURM, TPU pod slices, explicit JAX settings.
 _CLUSTER_HINTS = ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
 
@@ -34,11 +36,13 @@ def cpu_device_count(config, requested: int, cores: int) -> int:
     Not measured on more cores: there the default stays at two."""
     if requested > 0:
         return requested
-    devices = AUTO_CPU_DEVICES
-    micro_batch = config.batch_size // config.get("grad_accum_steps", 1)
-    if cores < devices or micro_batch % devices or config.eval_batch_size % devices:
+    if cores < AUTO_CPU_DEVICES:
         return 1
-    return devices
+    try:
+        mesh.validate_batch_sizes(config, AUTO_CPU_DEVICES, process_count=1)
+    except ValueError:
+        return 1
+    return AUTO_CPU_DEVICES
 
 
 def split_cpu(config, requested: int, coordinator_address: str = "") -> int:

@@ -29,6 +29,7 @@ def train(mesh, devices, steps=4):
     info = trainer.resolve_dataset(config)
     setup = trainer.Setup(config, info, total_steps=steps, devices=devices)
     state = setup.init_state()
+    initial = [np.asarray(x).tolist() for x in jax.tree.leaves(state.params)]
     kernel = state.params["encoderblock_0"]["MlpBlock_3"]["Dense_0"]["kernel"]
     # Adam's first moment of the same kernel (config.shard_optimizer_state is on by default)
     moment = next(leaf for path, leaf in jax.tree_util.tree_flatten_with_path(state.opt_state)[0]
@@ -46,7 +47,8 @@ def train(mesh, devices, steps=4):
             losses.append(float(metrics["train/loss"]))
         eval_metrics = setup.evaluate(state)
     params = [float(np.abs(np.asarray(x)).sum()) for x in jax.tree.leaves(state.params)]
-    return {"layout": layout, "losses": losses, "params": params, "eval": eval_metrics}
+    return {"layout": layout, "losses": losses, "params": params, "eval": eval_metrics,
+            "initial": initial, "batch_draws": setup.batch_draws}
 
 
 if __name__ == "__main__":

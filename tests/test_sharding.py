@@ -25,7 +25,12 @@ def test_sharded_mesh_matches_one_device():
     assert data_parallel["layout"]["moment"]["spec"] == "P(('fsdp', 'data'), 'model')"
     assert data_parallel["layout"]["moment"]["shard"] == [4, 64]
     assert data_parallel["layout"]["moment"]["num_shards"] == 8
+    # The initialisation's random draws are batched where every device holds all the parameters, not where
+    # they are split; the parameters are the same bits either way.
+    assert (single["batch_draws"], sharded["batch_draws"], data_parallel["batch_draws"]) == (True, False, True)
     for run in (sharded, data_parallel):
+        for actual, expected in zip(run["initial"], single["initial"]):
+            np.testing.assert_array_equal(np.asarray(actual), np.asarray(expected))
         np.testing.assert_allclose(run["losses"], single["losses"], rtol=2e-5)
         np.testing.assert_allclose(run["params"], single["params"], rtol=2e-4, atol=1e-6)
         assert run["eval"]["eval/num_examples"] == single["eval"]["eval/num_examples"] == 360

@@ -25,16 +25,16 @@ KEY_PRIMITIVES = frozenset({"random_bits", "random_fold_in", "random_split"})
 MAX_BATCH_VALUES = 1 << 22
 
 
-def trace(fn, rng, *, batch_draws: bool = True):
-    """Traces `fn(rng)` once; returns (a function rng -> fn(rng) to jit, the abstract shape of its output,
-    as jax.eval_shape gives it). With batch_draws, the function makes fn's random draws in batches (see
-    the module docstring); without, each draw is a call of its own, as in fn."""
+def trace(fn, rng):
+    """Traces `fn(rng)` once; returns (a function (rng, batch_draws=True) -> fn(rng) to jit, the abstract
+    shape of its output, as jax.eval_shape gives it). With batch_draws, the function makes fn's random draws
+    in batches (see the module docstring); without, each draw is a call of its own, as in fn."""
     with jax.disable_jit():  # jax.random's jitted functions inlined, so that all draws sit in one jaxpr
         closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(rng)
     treedef = jax.tree.structure(out_shape)
-    max_values = MAX_BATCH_VALUES if batch_draws else 0
 
-    def replay(rng):
+    def replay(rng, batch_draws: bool = True):
+        max_values = MAX_BATCH_VALUES if batch_draws else 0
         return jax.tree.unflatten(treedef, evaluate(closed, jax.tree.leaves(rng), max_values))
     return replay, out_shape
 

@@ -105,15 +105,16 @@ class Setup:
         self.replicated = mesh_lib.replicated(self.mesh)
 
         with self.context():
-            # Random draws batched on one device only: on several, each parameter keeps its own draw, which
-            # XLA's partitioner can generate shard by shard (not measured on a multi-device mesh here).
-            init_state, abstract_boxed = state_init.trace(self.task.init_state, jax.random.key(config.seed),
-                                                          batch_draws=self.mesh.size == 1)
+            init_state, abstract_boxed = state_init.trace(self.task.init_state, jax.random.key(config.seed))
             self.state_shardings = mesh_lib.shardings_for(abstract_boxed, self.mesh, self.rules)
+        # Random draws batched only where every device holds the whole state (one device, or data-parallel
+        # ones): where it is split, each parameter keeps its own draw, which XLA's partitioner can generate
+        # shard by shard.
+        self.batch_draws = all(sharding.is_fully_replicated for sharding in jax.tree.leaves(self.state_shardings))
         abstract_state = flax.core.meta.unbox(abstract_boxed)
         if config.shard_optimizer_state:
             self.state_shardings = self._split_optimizer_state(abstract_state)
-        self._init = jax.jit(lambda rng: flax.core.meta.unbox(init_state(rng)),
+        self._init = jax.jit(lambda rng: flax.core.meta.unbox(init_state(rng, batch_draws=self.batch_draws)),
                              out_shardings=self.state_shardings, compiler_options=INIT_COMPILER_OPTIONS)
         self.abstract_state = checkpoint_lib.abstract_with_shardings(abstract_state, self.state_shardings)
         self.train_step = jax.jit(self._train_step, in_shardings=(self.state_shardings, self.batch_sharding),

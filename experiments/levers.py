@@ -274,6 +274,13 @@ LEVERS = {
         before={"xla_flags": ONE_DEVICE, **HUGE_PAGES, "ld_preload": BLOCK_CACHE},
         after={"xla_flags": TWO_DEVICES, **HUGE_PAGES, "ld_preload": BLOCK_CACHE},
         models=("vit_s16", "nest_t", "vit_b16")),
+    "batched_random_draws_data_parallel": dict(
+        what="batched_random_draws on a data-parallel mesh as well (both sides on two CPU devices): the draws "
+             "are batched wherever every device holds the whole state (trainer.Setup.batch_draws), not only "
+             "on a mesh of one device; only init changes",
+        before={"rev": "d60981b", "xla_flags": TWO_DEVICES, **HUGE_PAGES, "ld_preload": BLOCK_CACHE},
+        after={"rev": "56a74c5", "xla_flags": TWO_DEVICES, **HUGE_PAGES, "ld_preload": BLOCK_CACHE},
+        models=("vit_ti16", "vivit_b16_tl", "nest_t", "maxvit_t")),
 }
 
 

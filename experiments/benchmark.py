@@ -74,6 +74,7 @@ def benchmark_config(key: str, batch_size: int, frames: int = 8, dtype: str = "f
     with `variant` as config.model.variant) at `batch_size`, computing in `dtype` (parameters stay float32),
     `image_size` square, videos of `frames` frames, then `overrides` ({'mesh.fsdp': -1, ...}) applied."""
     from tokenlearner_jax import data
+    from tokenlearner_jax.recipes import sweeps
 
     family, variant = key.split(":")
     config = load_config_file(CONFIG_FILES[family])
@@ -84,11 +85,7 @@ def benchmark_config(key: str, batch_size: int, frames: int = 8, dtype: str = "f
     if config.dataset.num_frames > 0:
         config.dataset.num_frames = frames
     for path, value in (overrides or {}).items():
-        *parents, field = path.split(".")
-        node = config
-        for parent in parents:
-            node = node[parent]
-        node[field] = value
+        sweeps.set_field(config, path, value)
     shape = (size, size, 3) if config.dataset.num_frames <= 0 else (config.dataset.num_frames, size, size, 3)
     info = data.DatasetInfo(name="benchmark", num_classes=config.model.num_classes, image_shape=shape,
                             num_train=1_000_000, num_eval=0, multi_label=False)

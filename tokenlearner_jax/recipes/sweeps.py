@@ -115,11 +115,20 @@ def resolve(config: str, point: Point):
     path, arg = split_config_path(config)
     resolved = load_module(path).get_config(arg)
     for key, value in point.items():
-        *parents, name = _field(key).split(".")
-        node = resolved
-        for parent in parents:
-            node = node[parent]
-        if name not in node:
-            raise KeyError(f"sweep override {key!r}: config {config} has no field {_field(key)!r}")
-        node[name] = tuple(value) if isinstance(value, list) else value
+        try:
+            set_field(resolved, _field(key), tuple(value) if isinstance(value, list) else value)
+        except KeyError:
+            raise KeyError(f"sweep override {key!r}: config {config} has no field {_field(key)!r}") from None
     return resolved
+
+
+def set_field(config, dotted: str, value) -> None:
+    """Sets the field `dotted` ('optimizer.lr') of the ConfigDict `config`, type-checked by ml_collections;
+    KeyError where it has no such field."""
+    *parents, name = dotted.split(".")
+    node = config
+    for parent in parents:
+        node = node[parent]
+    if name not in node:
+        raise KeyError(dotted)
+    node[name] = value
